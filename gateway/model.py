@@ -1,0 +1,63 @@
+"""Plain data passed along the pipeline: drivers produce RawSample, tagging produces Reading.
+
+These are deliberately small frozen dataclasses: no validation per reading on the hot path
+(validation happens once, when the configuration is loaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Calibration(StrEnum):
+    VALID = "valid"
+    DUE_SOON = "due_soon"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+# Reasons are short stable codes; subscribers may switch on them. Documented in docs/mqtt.md.
+REASON_OK = ""
+REASON_NO_COMMUNICATION = "no_communication"
+REASON_TIMEOUT = "timeout"
+REASON_NAN = "nan"
+REASON_CALIBRATION = "calibration"
+REASON_MAINTENANCE = "maintenance"
+
+
+@dataclass(frozen=True, slots=True)
+class RawSample:
+    """One value as a driver read it, already in the device unit after scale/offset.
+
+    `ts_ms` is the source timestamp (UTC, milliseconds since the epoch). `value` is None when
+    nothing usable was read; `quality`/`reason` then say why. `status` carries a protocol-level
+    status (an OPC UA StatusCode, a device status byte) when there is one.
+    """
+
+    point: str
+    ts_ms: int
+    value: float | None
+    quality: Quality = Quality.GOOD
+    reason: str = REASON_OK
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A tagged reading: what gets stored and published. Value is in the reporting unit."""
+
+    instrument: str
+    point: str
+    ts_ms: int
+    value: float | None
+    unit: str
+    quality: Quality
+    reason: str
+    calibration: Calibration
