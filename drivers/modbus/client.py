@@ -1,0 +1,133 @@
+"""Shared Modbus polling over one pymodbus async client (one TCP endpoint or one serial bus).
+
+One request at a time per connection: pymodbus serialises transactions anyway, and concurrent use
+of one client is a known source of mismatched replies (protocols.md 3, pitfall 1). Library
+exceptions are translated here into the gateway's error types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from drivers.modbus.decode import decode_request
+from drivers.modbus.spec import ReadRequest, Table
+from gateway.errors import DecodeError, TransientDriverError
+from gateway.model import REASON_TIMEOUT, Quality, RawSample
+
+WallClock = Callable[[], int]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ModbusDeviceLike(Protocol):
+    """What the driver needs to know about one device (gateway.instruments.ModbusDevice fits)."""
+
+    instrument_id: str
+    unit_id: int
+    timeout_s: float
+    requests: tuple[ReadRequest, ...]
+
+
+@dataclass
+class ConnectionStats:
+    requests: int = 0
+    failures: int = 0
+    reconnects: int = 0
+
+
+class ModbusConnection:
+    """Thin wrapper: open/close the pymodbus client and read one device's planned requests."""
+
+    def __init__(self, make_client: Callable[[], Any], *, name: str, clock: WallClock = wall_ms,
+                 inter_request_delay_s: float = 0.0) -> None:
+        self._make_client = make_client
+        self.name = name
+        self._clock = clock
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+        self._delay = inter_request_delay_s
+        self.stats = ConnectionStats()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def open(self) -> None:
+        if self.connected:
+            return
+        await self.close()
+        client = self._make_client()
+        try:
+            ok = await client.connect()
+        except (ModbusException, OSError) as err:
+            client.close()
+            raise TransientDriverError(f"{self.name}: cannot connect: {err}") from err
+        if not ok:
+            client.close()
+            raise TransientDriverError(f"{self.name}: cannot connect (refused or unreachable)")
+        self._client = client
+        self.stats.reconnects += 1
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def read(self, device: ModbusDeviceLike) -> list[RawSample]:
+        """Poll one device. Per-request Modbus exceptions become bad samples for that request's points;
+        a dead connection raises TransientDriverError (the caller reconnects with backoff)."""
+        async with self._lock:
+            if not self.connected:
+                await self.open()
+            out: list[RawSample] = []
+            for i, req in enumerate(device.requests):
+                if i and self._delay:
+                    await asyncio.sleep(self._delay)
+                out.extend(await self._read_request(device, req))
+            return out
+
+    async def _read_request(self, device: ModbusDeviceLike, req: ReadRequest) -> list[RawSample]:
+        client = self._client
+        fn = {
+            Table.HOLDING: client.read_holding_registers,
+            Table.INPUT: client.read_input_registers,
+            Table.COIL: client.read_coils,
+            Table.DISCRETE: client.read_discrete_inputs,
+        }[req.table]
+        self.stats.requests += 1
+        try:
+            resp = await fn(req.address, count=req.count, device_id=device.unit_id)
+        except ModbusIOException as err:
+            self.stats.failures += 1
+            # No answer within the timeout: the device (or the bus behind a gateway) is silent.
+            raise TransientDriverError(f"{self.name} unit {device.unit_id}: no response ({err})",
+                                       reason=REASON_TIMEOUT) from err
+        except (ConnectionException, ModbusException, OSError) as err:
+            self.stats.failures += 1
+            await self.close()
+            raise TransientDriverError(f"{self.name} unit {device.unit_id}: {err}") from err
+        ts = self._clock()
+        if resp.isError():
+            self.stats.failures += 1
+            code = getattr(resp, "exception_code", 0)
+            reason = f"modbus_exception_{int(code):02x}"
+            return [RawSample(p.name, ts, None, Quality.BAD, reason) for p in req.points]
+        regs: Sequence[int] = resp.bits if req.table.is_bits else resp.registers
+        try:
+            decoded = decode_request(req, [int(b) for b in regs] if req.table.is_bits else regs)
+        except DecodeError:
+            self.stats.failures += 1
+            return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
+        return [
+            RawSample(p.name, ts, v, Quality.GOOD if math.isfinite(v) else Quality.BAD, "" if math.isfinite(v) else "nan")
+            for p, v in decoded
+        ]

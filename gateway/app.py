@@ -1,0 +1,147 @@
+"""Composition root: configuration -> pollers -> bounded queue -> store writer -> MQTT forwarder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.modbus.client import ModbusConnection
+from drivers.modbus.tcp import tcp_connection
+from gateway import __version__
+from gateway.clock import Clock, SystemClock
+from gateway.encode import JsonEncoder
+from gateway.errors import PublishError
+from gateway.forwarder import Forwarder
+from gateway.instruments import InstrumentSpec
+from gateway.poller import ConnectionPoller
+from gateway.queue import ReadingQueue
+from gateway.registry import Config
+from gateway.store import Store
+
+log = logging.getLogger("gateway.app")
+
+AUTH_CHECK_S = 10.0  # how long `run` waits for the broker's first answer before going on regardless
+
+
+def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[InstrumentSpec]]:
+    """Instruments that share an endpoint share one connection (one request at a time)."""
+    groups: dict[str, list[InstrumentSpec]] = {}
+    for s in specs:
+        if s.polled:
+            groups.setdefault(s.connection.endpoint, []).append(s)
+    return groups
+
+
+def make_connection(spec: InstrumentSpec, clock: Clock) -> ModbusConnection:
+    c = spec.connection
+    return tcp_connection(c.host, c.port, timeout_s=c.timeout_s, clock=clock.wall_ms)
+
+
+@dataclass
+class Gateway:
+    config: Config
+    clock: Clock = field(default_factory=SystemClock)
+    pollers: list[ConnectionPoller] = field(default_factory=list)
+
+    async def run(self, *, duration_s: float | None = None) -> None:
+        cfg = self.config
+        st = cfg.settings
+        store = Store(st.store.path, synchronous=st.store.synchronous, config_version=cfg.version)
+        queue = ReadingQueue(st.limits.queue_readings)
+        forwarder = Forwarder(st.mqtt, st.gateway.id, store, JsonEncoder(st.mqtt.topic_prefix, st.gateway.id),
+                              meta=lambda: {s.id: s.metadata() for s in cfg.instruments},
+                              status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site)
+        self.pollers = [
+            ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
+                             backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s)
+            for specs in group_by_endpoint(cfg.instruments).values()
+        ]
+        log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
+                 __version__, sum(len(p.specs) for p in self.pollers), len(self.pollers), st.store.path,
+                 st.mqtt.host, st.mqtt.port, cfg.version)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
+        tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
+        writer = asyncio.create_task(self._write(queue, store, forwarder), name="writer")
+        pruner = asyncio.create_task(self._prune(store), name="pruner")
+        try:
+            auth_error = await self._first_connect(forwarder)
+            if auth_error is not None:
+                raise PublishError(auth_error)
+            waiters = [asyncio.create_task(stop.wait()), writer]
+            done, _ = await asyncio.wait(waiters, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done:
+                writer.result()  # a store failure is fatal: surface it
+            waiters[0].cancel()
+        finally:
+            for t in [*tasks, pruner]:
+                t.cancel()
+            await asyncio.gather(*tasks, pruner, return_exceptions=True)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            # Nothing polled is lost on a clean stop: commit what is still queued.
+            store.commit(queue.take(len(queue)), now_ms=self.clock.wall_ms(),
+                         per_message=st.mqtt.readings_per_message, acked=forwarder.take_acks())
+            forwarder.shutdown()
+            store.commit([], now_ms=self.clock.wall_ms(), per_message=1, acked=forwarder.take_acks())
+            store.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def _first_connect(self, forwarder: Forwarder) -> str | None:
+        for _ in range(int(AUTH_CHECK_S / 0.05)):
+            if forwarder.first_connect is not None:
+                break
+            await asyncio.sleep(0.05)
+        if forwarder.first_connect is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(forwarder.first_connect), AUTH_CHECK_S)
+        except TimeoutError:
+            return None  # broker unreachable: keep polling and storing, the forwarder keeps retrying
+
+    async def _write(self, queue: ReadingQueue, store: Store, forwarder: Forwarder) -> None:
+        st = self.config.settings
+        interval = st.store.commit_interval_ms / 1000
+        per_message = st.mqtt.readings_per_message
+        while True:
+            await queue.wait(interval)
+            await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
+            batch = queue.take(st.limits.queue_readings)
+            acks = forwarder.take_acks()
+            if batch or acks:
+                created = store.commit(batch, now_ms=self.clock.wall_ms(), per_message=per_message, acked=acks)
+                if created:
+                    forwarder.notify()
+
+    async def _prune(self, store: Store) -> None:
+        st = self.config.settings.store
+        while True:
+            await asyncio.sleep(st.prune_interval_s)
+            cutoff = self.clock.wall_ms() - int(st.retention_days * 86_400_000)
+            removed = store.prune_delivered(older_than_ms=cutoff)
+            if removed:
+                log.info("pruned %d delivered readings older than %.1f days", removed, st.retention_days)
+            stats = store.stats()
+            if stats.size_bytes > st.size_alarm_mb * 1024 * 1024:
+                log.error("store %s is %.0f MB (alarm at %.0f MB); undelivered data is kept",
+                          store.path, stats.size_bytes / 1e6, st.size_alarm_mb)
+
+    def _status_extra(self) -> dict[str, Any]:
+        instruments: dict[str, Any] = {}
+        for p in self.pollers:
+            for sid, h in p.health.items():
+                instruments[sid] = {"state": h.state, "polls": h.polls, "failures": h.failures,
+                                    "missed_polls": h.missed_polls, "last_ok": h.last_ok_ms,
+                                    "last_error": h.last_error}
+        return {"version": __version__, "instruments": instruments}

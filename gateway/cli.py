@@ -1,0 +1,141 @@
+"""`carbon-gateway`: validate, run, simulate, watch, rules evaluate.
+
+Exit codes: 0 ok, 1 runtime failure, 2 configuration error, 3 broker refused us.
+Errors are printed as one line each, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import ConfigErrors, GatewayError, PublishError, StoreError
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG, EXIT_BROKER = 0, 1, 2, 3
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("config"), help="configuration directory (default: config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carbon-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"carbon-gateway {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check the configuration (and with --live, read each meter once)")
+    _config_arg(v)
+    v.add_argument("--live", action="store_true", help="also read every meter once and check `expect` ranges")
+
+    r = sub.add_parser("run", help="poll meters, store readings, forward them over MQTT")
+    _config_arg(r)
+    r.add_argument("--mqtt-url", help="override mqtt.url, e.g. mqtt://127.0.0.1:1883")
+    r.add_argument("--store", type=Path, help="override store.path")
+    r.add_argument("--duration", type=float, help="stop after this many seconds (default: run until signalled)")
+
+    s = sub.add_parser("simulate", help="serve simulated meters for every loopback instrument of the config")
+    _config_arg(s)
+    s.add_argument("--fault", action="append", default=[], metavar="ID=KNOB[:ARG]",
+                   help="inject a fault: refuse, timeout, exception:CODE, frozen, nan, status:BITS (repeatable)")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.add_argument("--seed", type=int, default=1)
+
+    w = sub.add_parser("watch", help="subscribe and show readings arriving per instrument (a live table)")
+    w.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
+    w.add_argument("--prefix", default="carbon")
+    w.add_argument("--duration", type=float)
+    w.add_argument("--until-instruments", type=int, default=0,
+                   help="exit 0 as soon as this many instruments have sent readings")
+
+    rules = sub.add_parser("rules", help="missing-data rules tools")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    ev = rsub.add_parser("evaluate", help="evaluate substitution scenarios (JSON) and print one result per line")
+    ev.add_argument("file", type=Path)
+    return parser
+
+
+def _load(config_dir: Path):
+    from gateway.registry import load_config
+
+    return load_config(config_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except ConfigErrors as err:
+        for e in err.errors:
+            print(e.one_line(), file=sys.stderr)
+        return EXIT_CONFIG
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BROKER
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except GatewayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        cfg = _load(args.config)
+        if args.live:
+            from gateway.live_check import live_check
+
+            problems = asyncio.run(live_check(cfg))
+            for line in problems:
+                print(line, file=sys.stderr)
+            if problems:
+                return EXIT_CONFIG
+        n = len(cfg.instruments)
+        print(f"{args.config}: ok ({n} instruments, config version {cfg.version})")
+        return EXIT_OK
+    if args.command == "run":
+        from gateway.app import Gateway
+
+        cfg = _load(args.config)
+        cfg = _override(cfg, mqtt_url=args.mqtt_url, store=args.store)
+        asyncio.run(Gateway(cfg).run(duration_s=args.duration))
+        return EXIT_OK
+    if args.command == "simulate":
+        from simulators.runner import parse_faults, run_simulators
+
+        cfg = _load(args.config)
+        faults = parse_faults(args.fault)
+        return asyncio.run(run_simulators(cfg, faults=faults, duration_s=args.duration, seed=args.seed))
+    if args.command == "watch":
+        from gateway.watch import watch
+
+        return watch(args.mqtt_url, args.prefix, duration_s=args.duration, until_instruments=args.until_instruments)
+    if args.command == "rules" and args.rules_command == "evaluate":
+        from gateway.rules.evaluate import main as evaluate_main
+
+        return evaluate_main(str(args.file), sys.stdout)
+    raise AssertionError(args.command)
+
+
+def _override(cfg, *, mqtt_url: str | None, store: Path | None):
+    import dataclasses
+
+    settings = cfg.settings
+    if mqtt_url is not None:
+        from gateway.settings import MqttSettings
+
+        mqtt = MqttSettings.model_validate({**settings.mqtt.model_dump(), "url": mqtt_url})
+        settings = settings.model_copy(update={"mqtt": mqtt})
+    if store is not None:
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"path": store})})
+    return dataclasses.replace(cfg, settings=settings)

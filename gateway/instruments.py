@@ -1,0 +1,104 @@
+"""Compiled, immutable instrument specs: everything per-reading work needs, resolved at load time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.modbus.spec import ModbusPoint, ReadRequest
+from gateway.calibration import CalibrationWindow
+from gateway.registry_schema import NE107, InstrumentModel, ModbusTcpConnection
+from gateway.units import Conversion
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    name: str
+    device_unit: str
+    unit: str
+    conversion: Conversion
+    totalizer: bool
+    description: str
+    expect: tuple[float, float] | None
+    modbus: ModbusPoint | None
+    source_file: str
+    source_line: int | None
+    simulate: dict[str, Any] | None = None  # signal hint for the bundled simulator
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRule:
+    point: str
+    bit: int
+    category: NE107
+    reason: str
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusDevice:
+    """What the Modbus driver needs to poll one instrument."""
+
+    instrument_id: str
+    unit_id: int
+    timeout_s: float
+    requests: tuple[ReadRequest, ...]
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    id: str
+    model: InstrumentModel
+    profile: str | None
+    points: tuple[PointSpec, ...]
+    health: tuple[HealthRule, ...]
+    calibration: CalibrationWindow
+    poll_interval_s: float
+    device: ModbusDevice
+    source_file: str
+    point_index: dict[str, PointSpec] = field(default_factory=dict)
+
+    @property
+    def connection(self) -> ModbusTcpConnection:
+        return self.model.connection
+
+    @property
+    def polled(self) -> bool:
+        return self.model.status.value != "retired"
+
+    def metadata(self) -> dict[str, Any]:
+        """The retained `meta` payload body: who measured what, and how it is calibrated."""
+        m = self.model
+        cal = m.calibration
+        return {
+            "instrument": m.id,
+            "name": m.name,
+            "kind": m.kind.value,
+            "manufacturer": m.manufacturer,
+            "model": m.model,
+            "serial_number": m.serial_number,
+            "location": m.location,
+            "emission_source": m.emission_source,
+            "source_category": m.source_category.value,
+            "boundary_level": m.boundary_level.value,
+            "accuracy_class": m.accuracy_class,
+            "measuring_range": m.measuring_range.model_dump() if m.measuring_range else None,
+            "status": m.status.value,
+            "profile": self.profile,
+            "poll_interval_s": self.poll_interval_s,
+            "calibration": None
+            if cal is None
+            else {
+                "last_date": cal.last_date.isoformat() if cal.last_date else None,
+                "interval_months": cal.interval_months,
+                "due_date": cal.due_date.isoformat() if cal.due_date else None,
+                "certificate": cal.certificate,
+                "agency": cal.agency,
+                "mandatory_verification": cal.mandatory_verification,
+            },
+            "points": [
+                {"point": p.name, "unit": p.unit, "device_unit": p.device_unit, "totalizer": p.totalizer,
+                 "description": p.description}
+                for p in self.points
+            ],
+        }

@@ -1,0 +1,319 @@
+"""Load and check the whole configuration: gateway.yaml, meter profiles and the instrument registry.
+
+Every problem becomes one ConfigError line `file:line: field: message`; all of them are collected
+in one pass so a technician sees every mistake at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ValidationError
+
+import drivers
+from drivers.modbus.plan import find_overlaps, plan_requests
+from drivers.modbus.spec import ModbusPoint, WordOrder
+from gateway.calibration import due_date, window_for
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.instruments import HealthRule, InstrumentSpec, ModbusDevice, PointSpec
+from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointModel, ProfileModel
+from gateway.settings import Settings
+from gateway.units import UnitError, check_unit, conversion
+from gateway.yamlload import line_of, load_yaml, to_plain
+
+PROFILES_DIR = Path(drivers.__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Config:
+    directory: Path
+    settings: Settings
+    instruments: tuple[InstrumentSpec, ...]
+    version: str  # hash of every config byte that shapes the data; stored with each reading
+
+    def instrument(self, instrument_id: str) -> InstrumentSpec:
+        for spec in self.instruments:
+            if spec.id == instrument_id:
+                return spec
+        raise KeyError(instrument_id)
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validate(model: type[BaseModel], tree: Any, file: Path, errors: list[ConfigError]) -> Any:
+    try:
+        return model.model_validate(to_plain(tree))
+    except ValidationError as err:
+        for e in err.errors():
+            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("modbus_tcp",)))
+            msg = e["msg"]
+            if e["type"] == "union_tag_invalid":
+                msg = f"unknown protocol; expected one of {e.get('ctx', {}).get('expected_tags', '')}"
+            errors.append(ConfigError(msg, file=str(file), line=line_of(tree, loc), field=_loc_text(loc)))
+        return None
+
+
+def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileModel], dict[str, Any], list[ConfigError]]:
+    """All built-in profiles, their parsed trees (for line numbers) and any errors in them."""
+    profiles: dict[str, ProfileModel] = {}
+    trees: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            tree = load_yaml(path)
+        except ConfigError as err:
+            errors.append(err)
+            continue
+        profile = _validate(ProfileModel, tree, path, errors)
+        if profile is not None:
+            if profile.profile != path.stem:
+                errors.append(ConfigError(f"must equal the file name '{path.stem}'", file=str(path),
+                                          line=line_of(tree, ("profile",)), field="profile"))
+            profiles[profile.profile] = profile
+            trees[profile.profile] = (path, tree)
+    return profiles, trees, errors
+
+
+_FIELDS = ("table", "address", "type", "order", "scale", "offset", "device_unit", "unit", "totalizer",
+           "description", "expect", "simulate")
+
+
+def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[tuple[PointModel, bool]]:
+    """Profile points overridden field by field by instrument points of the same name.
+
+    Returns (point, from_instrument) pairs in profile order, new instrument points appended.
+    """
+    merged: dict[str, tuple[PointModel, bool]] = {p.name: (p, False) for p in base}
+    for ov in overrides:
+        if ov.name in merged:
+            old = merged[ov.name][0]
+            data = {f: getattr(ov, f) if getattr(ov, f) is not None else getattr(old, f) for f in _FIELDS}
+            merged[ov.name] = (PointModel(name=ov.name, **data), True)
+        else:
+            merged[ov.name] = (ov, True)
+    return list(merged.values())
+
+
+def device_points(inst: InstrumentModel, profiles: dict[str, ProfileModel]) -> list[PointModel]:
+    """Every point the physical device has (profile plus overrides), ignoring only_points.
+
+    The simulator serves these, as a real meter answers for all its registers."""
+    base = profiles[inst.profile].points if inst.profile in profiles else []
+    return [p for p, _ in _merge_points(base, inst.points)]
+
+
+def to_modbus_point(p: PointModel) -> ModbusPoint:
+    return ModbusPoint(name=p.name, table=p.table, address=p.address, dtype=p.type,  # type: ignore[arg-type]
+                       order=p.order or WordOrder.ABCD, scale=p.scale if p.scale is not None else 1.0,
+                       offset=p.offset or 0.0)
+
+
+def config_version(directory: Path, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.relative_to(directory) if f.is_relative_to(directory) else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_config(directory: Path, *, today: date | None = None) -> Config:
+    """Load everything under `directory` (gateway.yaml + instruments_dir/*.yaml). Raises ConfigErrors."""
+    errors: list[ConfigError] = []
+    directory = directory.resolve()
+    gw_file = directory / "gateway.yaml"
+    settings: Settings | None = None
+    try:
+        gw_tree = load_yaml(gw_file)
+        settings = _validate(Settings, gw_tree, gw_file, errors)
+    except ConfigError as err:
+        errors.append(err)
+    profiles, profile_trees, perrs = load_profiles()
+    errors.extend(perrs)
+    if settings is None:
+        raise ConfigErrors(errors or [ConfigError("cannot load settings", file=str(gw_file))])
+
+    inst_dir = (directory / settings.instruments_dir).resolve()
+    files = sorted(inst_dir.glob("*.yaml")) + sorted(inst_dir.glob("*.yml"))
+    if not files:
+        errors.append(ConfigError("no instrument files (*.yaml) found", file=str(inst_dir)))
+    tz = ZoneInfo(settings.gateway.timezone)
+    seen_ids: dict[str, str] = {}
+    seen_devices: dict[tuple[str, int], str] = {}
+    specs: list[InstrumentSpec] = []
+    for path in files:
+        try:
+            tree = load_yaml(path)
+        except ConfigError as err:
+            errors.append(err)
+            continue
+        parsed = _validate(InstrumentFile, tree, path, errors)
+        if parsed is None:
+            continue
+        for i, inst in enumerate(parsed.instruments):
+            ctx = _Ctx(path, tree, ("instruments", i), errors)
+            if inst.id in seen_ids:
+                ctx.error(("id",), "id", f"duplicate instrument id '{inst.id}' (first defined in {seen_ids[inst.id]})")
+                continue
+            seen_ids[inst.id] = f"{path.name}:{ctx.line(('id',))}"
+            spec = _compile(inst, ctx, profiles, profile_trees, settings, tz, today or date.today())
+            if spec is None:
+                continue
+            if spec.polled:
+                dev_key = (spec.connection.endpoint, spec.connection.unit_id)
+                if dev_key in seen_devices:
+                    ctx.error(("connection", "unit_id"), "connection.unit_id",
+                              f"{dev_key[0]} unit {dev_key[1]} is already used by instrument {seen_devices[dev_key]}")
+                seen_devices[dev_key] = inst.id
+            specs.append(spec)
+    if errors:
+        raise ConfigErrors(errors)
+    version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
+    return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version)
+
+
+class _Ctx:
+    def __init__(self, file: Path, tree: Any, base: tuple[int | str, ...], errors: list[ConfigError]) -> None:
+        self.file, self.tree, self.base, self.errors = file, tree, base, errors
+
+    def line(self, loc: tuple[int | str, ...]) -> int | None:
+        return line_of(self.tree, self.base + loc)
+
+    def error(self, loc: tuple[int | str, ...], field: str, message: str) -> None:
+        prefix = _loc_text(self.base)
+        self.errors.append(ConfigError(message, file=str(self.file), line=self.line(loc), field=f"{prefix}.{field}"))
+
+
+def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel], profile_trees: dict[str, Any],
+             settings: Settings, tz: ZoneInfo, today: date) -> InstrumentSpec | None:
+    n_errors = len(ctx.errors)
+    profile = None
+    if inst.profile is not None:
+        profile = profiles.get(inst.profile)
+        if profile is None:
+            known = ", ".join(sorted(profiles)) or "none"
+            ctx.error(("profile",), "profile", f"unknown profile '{inst.profile}' (known: {known})")
+            return None
+    if inst.status is Lifecycle.RETIRED and inst.poll_interval_s is not None:
+        ctx.error(("poll_interval_s",), "poll_interval_s",
+                  "instrument is retired but has a poll interval: retired instruments are not polled; "
+                  "remove poll_interval_s or change status")
+
+    # Calibration record consistency.
+    cal = inst.calibration
+    due = None
+    if cal is not None:
+        computed = due_date(cal.last_date, cal.interval_months, None)
+        if cal.due_date is not None and cal.last_date is not None and cal.due_date <= cal.last_date:
+            ctx.error(("calibration", "due_date"), "calibration.due_date",
+                      f"due date {cal.due_date} is not after last calibration {cal.last_date}")
+        if cal.due_date is not None and computed is not None and cal.due_date != computed:
+            ctx.error(("calibration", "due_date"), "calibration.due_date",
+                      f"due date {cal.due_date} contradicts last_date + interval_months = {computed}")
+        if cal.last_date is not None and cal.last_date > today:
+            ctx.error(("calibration", "last_date"), "calibration.last_date",
+                      f"last calibration {cal.last_date} is in the future")
+        due = due_date(cal.last_date, cal.interval_months, cal.due_date)
+    window = window_for(cal.last_date if cal else None, due, due_soon_days=settings.limits.due_soon_days, tz=tz)
+
+    base_points = profile.points if profile else []
+    merged = _merge_points(base_points, inst.points)
+    if inst.only_points is not None:
+        names = {p.name for p, _ in merged}
+        for j, name in enumerate(inst.only_points):
+            if name not in names:
+                ctx.error(("only_points", j), f"only_points[{j}]", f"unknown point '{name}'")
+        keep = set(inst.only_points)
+        merged = [(p, own) for p, own in merged if p.name in keep]
+    if not merged:
+        ctx.error(("points",), "points", "instrument has no points (give a profile or points)")
+
+    own_index = {p.name: j for j, p in enumerate(inst.points)}
+    points: list[PointSpec] = []
+    for p, own in merged:
+        if own:
+            j = own_index[p.name]
+            loc: tuple[int | str, ...] = ("points", j)
+            field = f"points[{j}]"
+            src_file, src_line = str(ctx.file), ctx.line(loc)
+        else:
+            ppath, ptree = profile_trees[profile.profile]  # type: ignore[union-attr]
+            k = next(i for i, bp in enumerate(base_points) if bp.name == p.name)
+            loc, field = ("profile",), f"profile({inst.profile}).points[{k}]"
+            src_file, src_line = str(ppath), line_of(ptree, ("points", k))
+        missing = [f for f in ("table", "address", "type", "device_unit") if getattr(p, f) is None]
+        if missing:
+            ctx.error(loc, f"{field}", f"point '{p.name}' lacks {', '.join(missing)}")
+            continue
+        unit = p.unit or p.device_unit
+        try:
+            conv = conversion(p.device_unit, unit)  # type: ignore[arg-type]
+        except UnitError as err:
+            sub = "unit" if own and inst.points[own_index[p.name]].unit is not None else "device_unit"
+            ctx.error(loc + ((sub,) if own else ()), f"{field}.{sub}", str(err))
+            continue
+        mp = to_modbus_point(p)
+        points.append(PointSpec(name=p.name, device_unit=p.device_unit, unit=unit, conversion=conv,  # type: ignore[arg-type]
+                                totalizer=bool(p.totalizer), description=p.description or "", expect=p.expect,
+                                modbus=mp, source_file=src_file, source_line=src_line,
+                                simulate=dict(p.simulate) if p.simulate else None))
+
+    if inst.measuring_range is not None:
+        try:
+            check_unit(inst.measuring_range.unit)
+        except UnitError as err:
+            ctx.error(("measuring_range", "unit"), "measuring_range.unit", str(err))
+
+    modbus_points = [p.modbus for p in points if p.modbus is not None]
+    for a, b in find_overlaps(modbus_points):
+        pb = next(p for p in points if p.name == b.name)
+        ctx.error(_point_loc(inst, b.name), _point_field(inst, b.name),
+                  f"registers {b.table.value} {b.address}..{b.end - 1} of '{b.name}' overlap "
+                  f"'{a.name}' ({a.address}..{a.end - 1}) [{pb.source_file.rsplit('/', 1)[-1]}:{pb.source_line}]")
+
+    health: list[HealthRule] = []
+    if profile is not None and profile.health is not None:
+        names = {p.name for p in points}
+        for b in profile.health.bits:
+            point = b.point or profile.health.point
+            if point in names:  # a status point left out by only_points simply is not evaluated
+                health.append(HealthRule(point, b.bit, b.category, b.reason, b.invert))  # type: ignore[arg-type]
+
+    if len(ctx.errors) > n_errors:
+        return None
+    max_regs = profile.max_registers_per_request if profile else 125
+    max_gap = profile.max_gap_registers if profile else 0
+    try:
+        requests = tuple(plan_requests(modbus_points, max_registers=max_regs, max_gap=max_gap))
+    except ValueError as err:
+        ctx.error(("points",), "points", str(err))
+        return None
+    poll = inst.poll_interval_s or settings.limits.default_poll_interval_s
+    device = ModbusDevice(instrument_id=inst.id, unit_id=inst.connection.unit_id,
+                          timeout_s=inst.connection.timeout_s, requests=requests)
+    return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=tuple(health),
+                          calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
+                          point_index={p.name: p for p in points})
+
+
+def _point_loc(inst: InstrumentModel, name: str) -> tuple[int | str, ...]:
+    for j, p in enumerate(inst.points):
+        if p.name == name:
+            return ("points", j)
+    return ("profile",)
+
+
+def _point_field(inst: InstrumentModel, name: str) -> str:
+    for j, p in enumerate(inst.points):
+        if p.name == name:
+            return f"points[{j}]"
+    return f"profile({inst.profile}).{name}"

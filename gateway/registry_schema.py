@@ -1,0 +1,183 @@
+"""Pydantic schemas of the instrument registry and of meter profiles (what technicians write)."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drivers.modbus.spec import DataType, Table, WordOrder
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Kind(StrEnum):
+    FLOW_METER = "flow_meter"
+    GAS_ANALYZER = "gas_analyzer"
+    POWER_METER = "power_meter"
+    OTHER = "other"
+
+
+class Lifecycle(StrEnum):
+    IN_SERVICE = "in_service"
+    STANDBY = "standby"
+    RETIRED = "retired"
+
+
+class BoundaryLevel(StrEnum):
+    ENTERPRISE = "enterprise"
+    PROCESS = "process"
+    FACILITY = "facility"
+
+
+class SourceCategory(StrEnum):
+    """Standard clause 10.1.2."""
+
+    FOSSIL_FUEL_COMBUSTION = "fossil_fuel_combustion"
+    INDUSTRIAL_PROCESS = "industrial_process"
+    PURCHASED_ELECTRICITY_HEAT = "purchased_electricity_heat"
+    CARBON_IN_PRODUCTS = "carbon_in_products"
+    OTHER = "other"
+
+
+class NE107(StrEnum):
+    FAILURE = "failure"
+    CHECK_FUNCTION = "check_function"
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    MAINTENANCE_REQUIRED = "maintenance_required"
+
+
+class PointModel(Strict):
+    """A Modbus point, in a profile or in an instrument (where it adds or overrides by name)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    table: Table | None = None
+    address: int | None = Field(default=None, ge=0, le=0xFFFF)
+    type: DataType | None = None
+    order: WordOrder | None = None
+    scale: float | None = None
+    offset: float | None = None
+    device_unit: str | None = None
+    unit: str | None = None
+    totalizer: bool | None = None
+    description: str | None = None
+    expect: tuple[float, float] | None = None  # plausible range checked by `validate --live`
+    simulate: dict[str, object] | None = None
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError("expect must be [low, high] with low <= high")
+        return v
+
+
+class HealthBit(Strict):
+    """One status condition: bit `bit` of a status word, or a whole bool point (`point`, bit 0)."""
+
+    point: str | None = None  # overrides HealthModel.point (separate discrete inputs)
+    bit: int = Field(default=0, ge=0, le=63)
+    invert: bool = False  # active-low signals (e.g. "measured data live" = 0 means held)
+    category: NE107
+    reason: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+
+
+class HealthModel(Strict):
+    point: str | None = None  # the status word most bits live in
+    bits: list[HealthBit]
+
+    @model_validator(mode="after")
+    def _every_bit_has_a_point(self) -> HealthModel:
+        for i, b in enumerate(self.bits):
+            if b.point is None and self.point is None:
+                raise ValueError(f"bits[{i}] names no point and health has no status word point")
+        return self
+
+
+class ProfileModel(Strict):
+    profile: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: Kind
+    manufacturer: str
+    model: str
+    source: str = Field(min_length=10)
+    notes: str = ""
+    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+    max_gap_registers: int = Field(default=0, ge=0, le=124)
+    points: list[PointModel]
+    health: HealthModel | None = None
+
+
+class ModbusTcpConnection(Strict):
+    protocol: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+
+    @property
+    def endpoint(self) -> str:
+        return f"modbus_tcp://{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+Connection = Annotated[ModbusTcpConnection, Field(discriminator="protocol")]
+
+
+class Range(Strict):
+    min: float
+    max: float
+    unit: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class CalibrationModel(Strict):
+    last_date: date | None = None
+    interval_months: int | None = Field(default=None, ge=1, le=240)
+    due_date: date | None = None
+    certificate: str | None = None
+    agency: str | None = None
+    mandatory_verification: bool = False
+
+
+class InstrumentModel(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str
+    kind: Kind
+    manufacturer: str = ""
+    model: str = ""
+    serial_number: str = ""
+    location: str = ""
+    emission_source: str = ""
+    source_category: SourceCategory = SourceCategory.OTHER
+    boundary_level: BoundaryLevel = BoundaryLevel.FACILITY
+    accuracy_class: str = ""
+    measuring_range: Range | None = None
+    status: Lifecycle = Lifecycle.IN_SERVICE
+    calibration: CalibrationModel | None = None
+    profile: str | None = None
+    connection: Connection
+    poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
+    only_points: list[str] | None = None
+    points: list[PointModel] = []
+
+
+class InstrumentFile(Strict):
+    instruments: list[InstrumentModel]

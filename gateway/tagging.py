@@ -1,0 +1,59 @@
+"""RawSample -> Reading: instrument identity, reporting unit, quality and calibration status (pure)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gateway.instruments import HealthRule, InstrumentSpec
+from gateway.model import REASON_NAN, Quality, RawSample, Reading
+from gateway.registry_schema import NE107
+
+# NAMUR NE 107 category -> (quality applied to the instrument's readings). Priority F > C > S > M.
+_NE107_QUALITY = {
+    NE107.FAILURE: Quality.BAD,
+    NE107.CHECK_FUNCTION: Quality.BAD,
+    NE107.OUT_OF_SPECIFICATION: Quality.UNCERTAIN,
+    NE107.MAINTENANCE_REQUIRED: Quality.GOOD,
+}
+_NE107_PRIORITY = [NE107.FAILURE, NE107.CHECK_FUNCTION, NE107.OUT_OF_SPECIFICATION, NE107.MAINTENANCE_REQUIRED]
+
+
+def active_health(rules: Sequence[HealthRule], samples: Sequence[RawSample]) -> HealthRule | None:
+    """The highest-priority health condition signalled by status bits in this poll, if any."""
+    if not rules:
+        return None
+    values = {s.point: s.value for s in samples if s.value is not None and s.quality is Quality.GOOD}
+    active = [r for r in rules if r.point in values and (int(values[r.point]) >> r.bit & 1) != r.invert]
+    if not active:
+        return None
+    return min(active, key=lambda r: _NE107_PRIORITY.index(r.category))
+
+
+def tag(spec: InstrumentSpec, samples: Sequence[RawSample]) -> list[Reading]:
+    """Tag one poll's samples. The raw value is kept; only quality/reason carry judgements."""
+    health = active_health(spec.health, samples)
+    health_points = {r.point for r in spec.health}
+    out: list[Reading] = []
+    index = spec.point_index
+    calibration = spec.calibration
+    for s in samples:
+        p = index.get(s.point)
+        if p is None:
+            continue
+        value = s.value
+        quality, reason = s.quality, s.reason
+        if value is not None:
+            if math.isnan(value) or math.isinf(value):
+                value, quality, reason = None, Quality.BAD, REASON_NAN
+            else:
+                value = value * p.conversion.factor + p.conversion.offset
+        if health is not None and quality is not Quality.BAD and s.point not in health_points:
+            hq = _NE107_QUALITY[health.category]
+            if hq is Quality.BAD or (hq is Quality.UNCERTAIN and quality is Quality.GOOD):
+                quality, reason = hq, health.reason
+            elif not reason:
+                reason = health.reason  # maintenance required: still good, but say so
+        out.append(Reading(spec.id, s.point, s.ts_ms, value, p.unit, quality, reason,
+                           calibration.status_at(s.ts_ms)))
+    return out
