@@ -39,7 +39,14 @@ def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[Instrum
 
 def make_connection(spec: InstrumentSpec, clock: Clock) -> ModbusConnection:
     c = spec.connection
-    return tcp_connection(c.host, c.port, timeout_s=c.timeout_s, clock=clock.wall_ms)
+    if c.protocol == "modbus_rtu":
+        from drivers.modbus.rtu import serial_connection
+
+        return serial_connection(c.port, baudrate=c.baudrate, parity=c.parity, stopbits=c.stopbits,
+                                 bytesize=c.bytesize, timeout_s=c.timeout_s,
+                                 inter_frame_delay_s=c.inter_frame_delay_ms / 1000, clock=clock.wall_ms)
+    return tcp_connection(c.host, c.port, timeout_s=c.timeout_s, rtu_framing=c.protocol == "modbus_rtu_over_tcp",
+                          clock=clock.wall_ms)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from gateway.settings import Settings
 from gateway.units import UnitError, check_unit, conversion
 from gateway.yamlload import line_of, load_yaml, to_plain
 
+_PROTOCOL_TAGS = ("modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu", "opcua")
 PROFILES_DIR = Path(drivers.__file__).resolve().parent / "profiles"
 
 
@@ -55,7 +56,7 @@ def _validate(model: type[BaseModel], tree: Any, file: Path, errors: list[Config
         return model.model_validate(to_plain(tree))
     except ValidationError as err:
         for e in err.errors():
-            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("modbus_tcp",)))
+            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
             msg = e["msg"]
             if e["type"] == "union_tag_invalid":
                 msg = f"unknown protocol; expected one of {e.get('ctx', {}).get('expected_tags', '')}"
@@ -149,6 +150,7 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
     tz = ZoneInfo(settings.gateway.timezone)
     seen_ids: dict[str, str] = {}
     seen_devices: dict[tuple[str, int], str] = {}
+    buses: dict[str, tuple[InstrumentSpec, str]] = {}
     specs: list[InstrumentSpec] = []
     for path in files:
         try:
@@ -169,6 +171,12 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
             if spec is None:
                 continue
             if spec.polled:
+                bus = buses.setdefault(spec.connection.endpoint, (spec, inst.id))
+                settings_of = getattr(spec.connection, "line_settings", None)
+                if settings_of is not None and settings_of != bus[0].connection.line_settings:
+                    ctx.error(("connection",), "connection",
+                              f"serial settings {settings_of} differ from instrument {bus[1]} on the same bus "
+                              f"{bus[0].connection.line_settings}")
                 dev_key = (spec.connection.endpoint, spec.connection.unit_id)
                 if dev_key in seen_devices:
                     ctx.error(("connection", "unit_id"), "connection.unit_id",

@@ -133,7 +133,44 @@ class ModbusTcpConnection(Strict):
             return False
 
 
-Connection = Annotated[ModbusTcpConnection, Field(discriminator="protocol")]
+class ModbusRtuOverTcpConnection(ModbusTcpConnection):
+    """RTU frames (with CRC, no MBAP header) carried by a transparent serial device server."""
+
+    protocol: Literal["modbus_rtu_over_tcp"]  # type: ignore[assignment]
+
+    @property
+    def endpoint(self) -> str:
+        return f"rtu_over_tcp://{self.host}:{self.port}"
+
+
+class ModbusRtuConnection(Strict):
+    """An RS-485 bus: every instrument on the same `port` shares one serial line (one request at a time)."""
+
+    protocol: Literal["modbus_rtu"]
+    port: str = Field(min_length=1)  # /dev/ttyUSB0, /dev/serial/by-id/..., or a pyserial URL
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: int = Field(default=1, ge=1, le=247)
+    timeout_s: float = Field(default=0.5, gt=0, le=60)
+    inter_frame_delay_ms: float = Field(default=0.0, ge=0, le=1000)  # extra pause between requests on the bus
+
+    @property
+    def endpoint(self) -> str:
+        return f"modbus_rtu://{self.port}"
+
+    @property
+    def line_settings(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+    @property
+    def is_loopback(self) -> bool:
+        return False
+
+
+Connection = Annotated[ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection,
+                       Field(discriminator="protocol")]
 
 
 class Range(Strict):
