@@ -9,6 +9,13 @@ from enum import StrEnum
 class Table(StrEnum):
     HOLDING = "holding"  # FC03
     INPUT = "input"  # FC04
+    COIL = "coil"  # FC01: one bit per address
+    DISCRETE = "discrete"  # FC02: one bit per address
+
+    @property
+    def is_bits(self) -> bool:
+        """Bit tables hold BOOL points only; their read limit and `count` are in bits, not registers."""
+        return self in (Table.COIL, Table.DISCRETE)
 
 
 class DataType(StrEnum):
@@ -20,6 +27,7 @@ class DataType(StrEnum):
     UINT64 = "uint64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    BOOL = "bool"  # one coil/discrete-input bit; only valid on bit tables
 
 
 class WordOrder(StrEnum):
@@ -45,9 +53,11 @@ REGISTER_COUNT: dict[DataType, int] = {
     DataType.INT64: 4,
     DataType.UINT64: 4,
     DataType.FLOAT64: 4,
+    DataType.BOOL: 1,  # one bit address, not a register
 }
 
 MAX_REGISTERS_PER_READ = 125  # FC03/FC04 protocol limit
+MAX_BITS_PER_READ = 2000  # FC01/FC02 protocol limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +87,7 @@ class ModbusPoint:
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """One FC03/FC04 read covering whole values only."""
+    """One read covering whole values only: FC03/FC04 (count in registers) or FC01/FC02 (count in bits)."""
 
     table: Table
     address: int
