@@ -80,7 +80,6 @@ class ConnectionPoller:
 
     async def _poll(self, spec: InstrumentSpec, due: dict[str, float], not_before: dict[str, float]) -> None:
         h = self.health[spec.id]
-        h.polls += 1
         try:
             samples = await self.conn.read(spec.device)
         except DriverError as err:
@@ -99,6 +98,7 @@ class ConnectionPoller:
             h.consecutive_failures = 0
             h.last_ok_ms = self.clock.wall_ms()
             not_before[spec.id] = 0.0
+        h.polls += 1  # counted once finished, so a cancelled poll is not a poll
         readings = tag(spec, samples)
         await self.out.put(readings)
         if self._on_readings is not None:

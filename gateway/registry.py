@@ -52,11 +52,16 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
 
 
 def _validate(model: type[BaseModel], tree: Any, file: Path, errors: list[ConfigError]) -> Any:
+    return _validate_at(model, tree, tree, (), file, errors)
+
+
+def _validate_at(model: type[BaseModel], node: Any, tree: Any, base: tuple[int | str, ...], file: Path,
+                 errors: list[ConfigError]) -> Any:
     try:
-        return model.model_validate(to_plain(tree))
+        return model.model_validate(to_plain(node))
     except ValidationError as err:
         for e in err.errors():
-            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
+            loc = base + tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
             msg = e["msg"]
             if e["type"] == "union_tag_invalid":
                 msg = f"unknown protocol; expected one of {e.get('ctx', {}).get('expected_tags', '')}"
@@ -158,10 +163,15 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
         except ConfigError as err:
             errors.append(err)
             continue
-        parsed = _validate(InstrumentFile, tree, path, errors)
-        if parsed is None:
+        items = tree.get("instruments") if isinstance(tree, dict) else None
+        if not isinstance(items, list):
+            _validate(InstrumentFile, tree, path, errors)  # reports the missing/odd `instruments` key
             continue
-        for i, inst in enumerate(parsed.instruments):
+        for i, item in enumerate(items):
+            # One instrument at a time, so a mistake in one never hides the others' problems.
+            inst = _validate_at(InstrumentModel, item, tree, ("instruments", i), path, errors)
+            if inst is None:
+                continue
             ctx = _Ctx(path, tree, ("instruments", i), errors)
             if inst.id in seen_ids:
                 ctx.error(("id",), "id", f"duplicate instrument id '{inst.id}' (first defined in {seen_ids[inst.id]})")
@@ -240,7 +250,8 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         for j, name in enumerate(inst.only_points):
             if name not in names:
                 ctx.error(("only_points", j), f"only_points[{j}]", f"unknown point '{name}'")
-        keep = set(inst.only_points)
+        # Points the instrument itself defines are always kept; only_points selects profile points.
+        keep = set(inst.only_points) | {p.name for p in inst.points}
         merged = [(p, own) for p, own in merged if p.name in keep]
     if not merged:
         ctx.error(("points",), "points", "instrument has no points (give a profile or points)")

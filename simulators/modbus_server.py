@@ -104,6 +104,7 @@ class _Context(ModbusServerContext):
 
     def __init__(self, devices: dict[int, SimulatedDevice]) -> None:  # no super(): we hold our own data
         self._sim_devices = devices
+        self.stalled: set[asyncio.Task[object]] = set()  # requests held by the timeout knob
         self.old_simulator = True  # tells the server to call async_getValues on us
         self.simdevices = []
 
@@ -112,7 +113,13 @@ class _Context(ModbusServerContext):
         if dev is None:
             raise NoSuchIdException(f"no simulated device {device_id}")
         if dev.faults.timeout:
-            await asyncio.sleep(3600)  # the client times out; the server stays up
+            task = asyncio.current_task()
+            if task is not None:
+                self.stalled.add(task)  # type: ignore[arg-type]
+            try:
+                await asyncio.sleep(3600)  # the client times out; the server stays up
+            finally:
+                self.stalled.discard(task)  # type: ignore[arg-type]
         table = _FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -152,8 +159,13 @@ class ModbusMeterServer:
 
     async def _unlisten(self) -> None:
         if self._server is not None:
+            context = self._server.context
             await self._server.shutdown()
             self._server = None
+            if isinstance(context, _Context):
+                for task in list(context.stalled):
+                    task.cancel()
+                await asyncio.gather(*context.stalled, return_exceptions=True)
 
     async def set_refuse(self, refuse: bool) -> None:
         """Connection refused while set: the listener is closed, existing connections dropped."""

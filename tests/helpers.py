@@ -1,0 +1,123 @@
+"""Shared test helpers: config directories on disk and an MQTT subscriber that records everything."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+GATEWAY_YAML = """\
+gateway: {{id: gw-test, site: test site, timezone: UTC}}
+mqtt: {{url: "{url}", topic_prefix: carbon, status_interval_s: 1, readings_per_message: {per_message}}}
+store: {{path: "{store}", commit_interval_ms: 20}}
+limits: {{backoff_min_s: 0.1, backoff_max_s: 0.5, default_poll_interval_s: 0.2}}
+"""
+
+
+def write_config(directory: Path, instruments_yaml: str, *, url: str = "mqtt://127.0.0.1:1883",
+                 store: Path | None = None, per_message: int = 100, gateway_yaml: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "instruments").mkdir(exist_ok=True)
+    store = store or directory / "gw.db"
+    text = gateway_yaml if gateway_yaml is not None else GATEWAY_YAML.format(url=url, store=store,
+                                                                             per_message=per_message)
+    (directory / "gateway.yaml").write_text(text)
+    (directory / "instruments" / "plant.yaml").write_text(textwrap.dedent(instruments_yaml))
+    return directory
+
+
+def three_meters(ports: tuple[int, int, int], *, interval: float = 0.2) -> str:
+    """The three sample instruments (power, flow, CEMS) on the given loopback ports."""
+    return f"""\
+instruments:
+  - id: PM-01
+    name: power meter
+    kind: power_meter
+    calibration: {{last_date: 2026-01-10, interval_months: 24, certificate: C-1}}
+    profile: eastron_sdm630
+    connection: {{protocol: modbus_tcp, host: 127.0.0.1, port: {ports[0]}, unit_id: 1, timeout_s: 0.5}}
+    poll_interval_s: {interval}
+    only_points: [voltage_l1, total_active_power, total_import_active_energy]
+  - id: FT-01
+    name: gas flow meter
+    kind: flow_meter
+    profile: siemens_mag6000
+    connection: {{protocol: modbus_tcp, host: 127.0.0.1, port: {ports[1]}, unit_id: 2, timeout_s: 0.5}}
+    poll_interval_s: {interval}
+    only_points: [volume_flow, totalizer_1]
+  - id: CEMS-01
+    name: stack CEMS
+    kind: gas_analyzer
+    calibration: {{last_date: 2026-10-30, due_date: 2026-12-05}}
+    profile: cems_generic
+    connection: {{protocol: modbus_tcp, host: 127.0.0.1, port: {ports[2]}, unit_id: 1, timeout_s: 0.5}}
+    poll_interval_s: {interval}
+"""
+
+
+@dataclass
+class Recorder:
+    """A real MQTT subscriber (paho) recording every message by topic."""
+
+    url_host: str
+    url_port: int
+    topic: str = "carbon/#"
+    messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rec-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+
+    def start(self) -> Recorder:
+        self.client.connect(self.url_host, self.url_port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "subscriber did not get SUBACK"
+        return self
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def readings(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for topic, body, _ in self.messages if topic.endswith("/readings")]
+
+    def by_topic_suffix(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for topic, body, _ in self.messages if topic.endswith(suffix)]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+
+def dedup_by_seq(readings: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for body in readings:
+        out.setdefault((body["instrument"], body["seq"]), body)
+    return out
+
+
+def seqs_without_holes(dedup: dict[tuple[str, int], Any], instrument: str) -> bool:
+    seqs = sorted(s for (i, s) in dedup if i == instrument)
+    return bool(seqs) and seqs == list(range(1, seqs[-1] + 1))
