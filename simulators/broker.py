@@ -6,6 +6,7 @@ must not depend on it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -44,7 +45,9 @@ class PrivateBroker:
 
     def _write_config(self) -> Path:
         tmp = Path(self._tmp.name)
-        lines = [f"listener {self.port} 127.0.0.1", "max_inflight_messages 0", "max_queued_messages 0",
+        lines = [f"listener {self.port} 127.0.0.1",
+                 # As root, mosquitto would switch to the `mosquitto` user and lose access to our temp files.
+                 *(["user root"] if os.geteuid() == 0 else []), "max_inflight_messages 0", "max_queued_messages 0",
                  f"log_dest file {tmp / 'mosquitto.log'}"]
         if self.persistence_dir is not None:
             lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]

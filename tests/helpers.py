@@ -70,12 +70,14 @@ class Recorder:
     url_host: str
     url_port: int
     topic: str = "carbon/#"
+    client_id: str | None = None  # with a fixed id the session is persistent: the broker queues while we are away
     messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rec-{time.monotonic_ns()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or f"rec-{time.monotonic_ns()}",
+                                  clean_session=self.client_id is None)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
