@@ -7,7 +7,7 @@ from typing import Any
 
 from drivers.modbus.spec import ModbusPoint, ReadRequest
 from gateway.calibration import CalibrationWindow
-from gateway.registry_schema import NE107, InstrumentModel
+from gateway.registry_schema import NE107, Connection, InstrumentModel
 from gateway.units import Conversion
 
 
@@ -59,7 +59,7 @@ class InstrumentSpec:
     point_index: dict[str, PointSpec] = field(default_factory=dict)
 
     @property
-    def connection(self):  # noqa: ANN201 - one of the registry_schema connection models
+    def connection(self) -> Connection:
         return self.model.connection
 
     @property

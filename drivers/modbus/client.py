@@ -127,7 +127,5 @@ class ModbusConnection:
         except DecodeError:
             self.stats.failures += 1
             return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
-        return [
-            RawSample(p.name, ts, v, Quality.GOOD if math.isfinite(v) else Quality.BAD, "" if math.isfinite(v) else "nan")
-            for p, v in decoded
-        ]
+        return [RawSample(p.name, ts, v) if math.isfinite(v) else RawSample(p.name, ts, v, Quality.BAD, "nan")
+                for p, v in decoded]

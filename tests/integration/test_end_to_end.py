@@ -7,6 +7,7 @@ deduplication by (instrument, seq) exactly the readings the store committed.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,12 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from simulators.broker import PrivateBroker
 from tests.helpers import Recorder, dedup_by_seq, seqs_without_holes, three_meters, write_config
 
 READING_FIELDS = {"point", "ts", "value", "unit", "quality", "reason", "calibration"}
 INSTRUMENTS = {"PM-01", "FT-01", "CEMS-01"}
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
+
+
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
 
 
 def gateway_cmd(*args: str) -> list[str]:
@@ -50,7 +57,7 @@ def simulators(config_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def start_gateway(config_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(gateway_cmd("run", "--config", str(config_dir)), stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab"))  # noqa: SIM115 - the child owns the file handle
+                            stderr=open(log, "ab"))
 
 
 def committed_messages(db: Path) -> dict[tuple[str, int], list[tuple[object, ...]]]:
@@ -104,6 +111,11 @@ def test_readings_arrive_with_every_field(config_dir: Path, simulators: subproce
     states = [b["state"] for b in recorder.by_topic_suffix("/status")]
     assert states[0] == "online"
     assert recorder.wait_for(lambda: recorder.by_topic_suffix("/status")[-1]["state"] == "offline", 5)
+    # Every payload matches its published JSON Schema (docs/schema), the contract with subscribers.
+    for kind, suffix in (("readings", "/readings"), ("status", "/status"), ("meta", "/meta")):
+        v = validator(kind)
+        for body in recorder.by_topic_suffix(suffix):
+            v.validate(body)
     meta = {b["instrument"]: b for b in recorder.by_topic_suffix("/meta")}
     assert set(meta) == INSTRUMENTS
     assert meta["PM-01"]["calibration"]["certificate"] == "C-1"
