@@ -7,6 +7,7 @@ are never substituted, never break a gap and never count toward N.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def resolve_gap(history: Sequence[HourValue], requested: Sequence[int]) -> Gap:
     """
     if not requested:
         raise RuleInputError("gap: no hours given")
-    for a, b in zip(requested, requested[1:], strict=False):
+    for a, b in itertools.pairwise(requested):
         if b <= a:
             raise RuleInputError(f"gap: hour {b} does not follow hour {a} (hours must be strictly increasing)")
     position = {item.hour: i for i, item in enumerate(history)}

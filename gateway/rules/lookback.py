@@ -7,7 +7,7 @@ are dropped (40 CFR 75.33(a)).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.rules.hours import HourValue
@@ -39,9 +39,8 @@ class LookbackWindow:
     def last_hour(self) -> int | None:
         return self.hours[-1] if self.hours else None
 
-    def in_bin(self, load_bin: int, history: Sequence[HourValue]) -> LookbackWindow:
+    def in_bin(self, load_bin: int, bins: Mapping[int, int | None]) -> LookbackWindow:
         """The same window restricted to hours recorded in ``load_bin`` (Part 75 §75.33(c))."""
-        bins = {item.hour: item.load_bin for item in history}
         kept = [(h, v) for h, v in zip(self.hours, self.values, strict=True) if bins.get(h) == load_bin]
         return LookbackWindow(self.w, self.end_hour, self.oldest_hour, tuple(h for h, _ in kept),
                               tuple(v for _, v in kept), load_bin, self.n)

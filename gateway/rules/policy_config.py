@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
@@ -124,7 +124,8 @@ class SubstitutionPolicy:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for field in fields(self):
+            name = field.name
             value = getattr(self, name)
             if isinstance(value, Fraction):
                 value = fraction_text(value)
@@ -361,6 +362,7 @@ def _missing_fallbacks(policy: SubstitutionPolicy) -> list[str]:
         "max_lookback": "an empty lookback",
         "min_lookback": "an empty lookback",
         "last_good": "no value before the gap",
+        "hour_before_after": "no value before or after the gap",
     }
     if policy.selector in needs_default and policy.default_value is None:
         errors.append(f"default_value: required by {policy.selector} ({needs_default[policy.selector]})")

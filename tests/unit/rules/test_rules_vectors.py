@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rules_vectors import (
+
+from gateway.rules import evaluate
+from tests.unit.rules.rules_vectors import (
     CASE_VECTORS,
     DISCRIMINATING,
     SUBSTITUTION_VECTORS,
@@ -18,8 +20,6 @@ from rules_vectors import (
     VECTORS_SHARED,
     close,
 )
-
-from gateway.rules import evaluate
 
 
 def _ids(vectors: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,315 @@
+"""Selectors: which routine applies to one gap hour (missing-data.md §2.3).
+
+``part75_tier`` and ``hj75_window`` are the pure tier tables; ``select_hour`` applies the configured
+selector to one hour and returns its ``Outcome``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from fractions import Fraction
+
+from gateway.rules.context import GapContext
+from gateway.rules.errors import RuleInputError
+from gateway.rules.hours import HourValue
+from gateway.rules.lookback import PART75_MAX_AGE_HOURS, LookbackWindow, lookback
+from gateway.rules.policies import (
+    Outcome,
+    bin_average_outcome,
+    extreme_outcome,
+    fixed_default,
+    hbha_outcome,
+    higher_bin_outcome,
+    mean_plus_2sigma,
+    percentile_outcome,
+)
+from gateway.rules.policy_config import Direction
+from gateway.rules.trace import METHOD_EXTREME, METHOD_INITIAL, METHOD_LAST_GOOD
+
+
+class Part75Tier(IntEnum):
+    """Part 75 standard-procedure tiers; the value grows with severity (less lenient)."""
+
+    SHORT = 0  # HB/HA (conc) or load-range average (binned)
+    P90 = 1  # greater of 90th percentile and HB/HA
+    P95 = 2  # greater of 95th percentile and HB/HA
+    MAX = 3  # maximum in the lookback
+    POTENTIAL = 4  # maximum (minimum) potential value
+
+
+def part75_tier(pma: Fraction, n: int) -> Part75Tier:
+    """§75.33(b) Table 1 / §75.33(c): thresholds compared on the exact PMA fraction."""
+    if pma >= 95:
+        return Part75Tier.SHORT if n <= 24 else Part75Tier.P90
+    if pma >= 90:
+        return Part75Tier.SHORT if n <= 8 else Part75Tier.P95
+    if pma >= 80:
+        return Part75Tier.MAX
+    return Part75Tier.POTENTIAL
+
+
+def part75_routine(tier: Part75Tier, direction: Direction, kind: str) -> str:
+    """The routine name a tier resolves to (names match the test vectors' ``expected_routine``)."""
+    high = direction is Direction.HIGH
+    if tier is Part75Tier.SHORT:
+        return "bin_average_lookback" if kind == "binned" else "hour_before_after"
+    if tier in (Part75Tier.P90, Part75Tier.P95):
+        p = (90 if tier is Part75Tier.P90 else 95) if high else (10 if tier is Part75Tier.P90 else 5)
+        return f"{'max' if high else 'min'}(percentile_lookback({p}), hour_before_after)"
+    if tier is Part75Tier.MAX:
+        return "max_lookback" if high else "min_lookback"
+    return "fixed_conservative_default(max_potential)" if high else "fixed_conservative_default(min_potential)"
+
+
+_PART75_CONC_CITATION = {
+    (Part75Tier.SHORT, True): "40 CFR 75.33(b)(1)(i)",
+    (Part75Tier.SHORT, False): "40 CFR 75.33(b)(2)(i)",
+    (Part75Tier.P90, True): "40 CFR 75.33(b)(1)(ii)",
+    (Part75Tier.P95, False): "40 CFR 75.33(b)(2)(ii)",
+    (Part75Tier.MAX, False): "40 CFR 75.33(b)(3)",
+    (Part75Tier.POTENTIAL, False): "40 CFR 75.33(b)(4)",
+}
+_PART75_BINNED_TEXT = {
+    Part75Tier.SHORT: "load-range average",
+    Part75Tier.P90: "90th percentile in the load range, floored by HB/HA",
+    Part75Tier.P95: "95th percentile in the load range, floored by HB/HA",
+    Part75Tier.MAX: "maximum in the load range",
+    Part75Tier.POTENTIAL: "maximum potential value",
+}
+_LOW_NOTE = "; low direction: 40 CFR 75.36 (O2), 75.37(d)(1) (moisture)"
+
+
+def part75_citation(tier: Part75Tier, pma: Fraction, kind: str, direction: Direction) -> str:
+    if kind == "binned":
+        return (f"40 CFR 75.33(c): {_PART75_BINNED_TEXT[tier]} (rule text not read; routine corroborated by "
+                "EPA ECMPS check tables)")
+    cite = _PART75_CONC_CITATION.get((tier, pma >= 95)) or _PART75_CONC_CITATION[(tier, False)]
+    return cite + (_LOW_NOTE if direction is Direction.LOW else "")
+
+
+def hj75_window(alpha: Fraction, n: int, short: int, long: int, low_alpha: int) -> int | None:
+    """HJ 75-2017 data-invalid-period table (corroborated); None below 75 % (not covered by the table)."""
+    if alpha >= 90:
+        return short if n <= 24 else long
+    if alpha >= 75:
+        return low_alpha
+    return None
+
+
+def select_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
+    """The configured selector's substitute for one gap hour."""
+    selector = ctx.policy.selector
+    if selector == "part75_tiered":
+        return _part75(ctx, hv, n_used)
+    if selector == "hj75_tiered":
+        return _hj75(ctx, n_used)
+    if selector == "mean_plus_2sigma":
+        return _mean_plus_2sigma(ctx)
+    if selector == "hour_before_after":
+        return _hour_before_after(ctx)
+    if selector == "percentile_lookback":
+        return _percentile_lookback(ctx)
+    if selector in ("max_lookback", "min_lookback"):
+        return _extreme_lookback(ctx)
+    if selector == "last_good":
+        return last_good(ctx)
+    if selector == "fixed_conservative_default":
+        return fixed_default(ctx.require_default("fixed_conservative_default"), "fixed_conservative_default",
+                             "configured conservative default (value and provenance in configuration)")
+    raise RuleInputError(f"unknown selector {selector!r}")
+
+
+def provisional_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
+    """The value published while the gap is open (missing-data.md §2.5)."""
+    policy = ctx.policy.provisional_policy
+    if policy == "selector":
+        return select_hour(ctx, hv, n_used)
+    if policy == "fixed_conservative_default":
+        return fixed_default(ctx.require_default("provisional_policy"), "fixed_conservative_default",
+                             "configured conservative default, published as provisional")
+    return last_good(ctx)
+
+
+def last_good(ctx: GapContext) -> Outcome:
+    """HB: not conservative by itself, so provisional only unless the plan approves it (§2.2)."""
+    citation = "missing-data.md §2.5: last usable value, provisional (OPC UA Uncertain_LastUsableValue)"
+    if ctx.hb is not None and ctx.hb.value is not None:
+        return Outcome(ctx.hb.value, "last_good", METHOD_LAST_GOOD, citation,
+                       (("hb", ctx.hb.value), ("hb_hour", ctx.hb.hour)))
+    if ctx.policy.default_value is not None:
+        return fixed_default(ctx.policy.default_value, "fixed_conservative_default",
+                             "no value before the gap: configured default")
+    if ctx.policy.potential() is not None:
+        return fixed_default(ctx.require_potential("no value before the gap"), _potential_routine(ctx),
+                             "40 CFR 75.31(b)(2): no prior QA data")
+    raise RuleInputError(f"{ctx.policy.selector}: no value before the gap for last_good and no default_value "
+                         "configured")
+
+
+def _potential_routine(ctx: GapContext) -> str:
+    high = ctx.policy.direction is Direction.HIGH
+    return "fixed_conservative_default(max_potential)" if high else "fixed_conservative_default(min_potential)"
+
+
+def _window(ctx: GapContext, w: int) -> LookbackWindow:
+    return lookback(ctx.history, ctx.lookback_end, w, oldest_hour=ctx.oldest_hour)
+
+
+def _require_hbha(ctx: GapContext) -> None:
+    if ctx.hbha.value is None:
+        raise RuleInputError(f"{ctx.policy.selector}: no HB/HA value and no {ctx.hbha.source} configured "
+                             "for this gap")
+
+
+def _part75(ctx: GapContext, hv: HourValue, n: int) -> Outcome:
+    policy = ctx.policy
+    direction = policy.direction
+    assert direction is not None
+    if ctx.prior_qa_hours == 0:
+        return fixed_default(ctx.require_potential("no prior QA data"), _potential_routine(ctx),
+                             "40 CFR 75.31(b)(2): no prior quality-assured data")
+    binned = policy.kind == "binned"
+    load_bin = hv.load_bin
+    if binned and load_bin is None:
+        raise RuleInputError(f"part75_tiered (binned): gap hour {hv.hour} has no load bin")
+    window = _window(ctx, policy.window)
+    bins = [ctx.bins.get(h) for h in window.hours]
+    if _initial_procedure_applies(ctx):
+        return _part75_initial(ctx, window, bins, load_bin)
+    assert ctx.pma is not None
+    tier = part75_tier(ctx.pma.pct, n)
+    citation = part75_citation(tier, ctx.pma.pct, policy.kind, direction)
+    routine = part75_routine(tier, direction, policy.kind)
+    if tier is Part75Tier.POTENTIAL:
+        return fixed_default(ctx.require_potential("PMA < 80 %"), routine, citation)
+    if binned:
+        assert load_bin is not None
+        in_bin = window.in_bin(load_bin, ctx.bins)
+        if in_bin.n == 0:
+            # §75.33(c)(5) as corroborated by ECMPS check 41796: the maximum of the next higher bin.
+            out = higher_bin_outcome(window, bins, load_bin, direction, "max_lookback(next_higher_bin)",
+                                     "40 CFR 75.33(c)(5) (corroborated by ECMPS check 41796): empty load "
+                                     "bin: maximum of the next higher bin with data",
+                                     average=False, method_code=METHOD_EXTREME)
+            return out or _empty_lookback(ctx, window, "no higher load bin has data in the lookback")
+        window = in_bin
+    if tier is Part75Tier.SHORT:
+        if binned:
+            out = bin_average_outcome(window, routine, citation)
+            assert out is not None
+            return out
+        _require_hbha(ctx)
+        return hbha_outcome(ctx.hbha)
+    if tier in (Part75Tier.P90, Part75Tier.P95):
+        _require_hbha(ctx)
+        p = Fraction(90 if tier is Part75Tier.P90 else 95)
+        out = percentile_outcome(window, p, direction, citation, ctx.hbha)
+        return out or _empty_lookback(ctx, window, "empty lookback")
+    out = extreme_outcome(window, direction, routine, citation)
+    return out or _empty_lookback(ctx, window, "empty lookback")
+
+
+def _initial_procedure_applies(ctx: GapContext) -> bool:
+    """§75.31: the first 720 (2,160) QA hours, and never more than 3 years after certification."""
+    qa = ctx.inputs.qa_hours_since_certification
+    if qa is None:
+        return False  # not given: standard procedures (documented in docs/rules.md)
+    clock = ctx.inputs.clock_hours_since_certification
+    return qa < ctx.policy.window and (clock is None or clock < PART75_MAX_AGE_HOURS)
+
+
+def _part75_initial(ctx: GapContext, window: LookbackWindow, bins: list[int | None],
+                    load_bin: int | None) -> Outcome:
+    if ctx.policy.kind != "binned":
+        _require_hbha(ctx)
+        out = hbha_outcome(ctx.hbha, "initial_hour_before_after")
+        return Outcome(out.value, out.routine, METHOD_INITIAL, "40 CFR 75.31(b)(1)", out.statistics)
+    assert load_bin is not None
+    assert ctx.policy.direction is not None
+    citation = "40 CFR 75.31 and 75.57 MODC 07: average at the corresponding load range (or a higher one)"
+    in_bin = window.in_bin(load_bin, ctx.bins)
+    out = bin_average_outcome(in_bin, "initial_bin_average_lookback", citation, METHOD_INITIAL)
+    if out is None:
+        out = higher_bin_outcome(window, bins, load_bin, ctx.policy.direction, "initial_bin_average_lookback",
+                                 citation, average=True, method_code=METHOD_INITIAL)
+    return out or _empty_lookback(ctx, window, "no QA value in this or a higher load bin")
+
+
+def _empty_lookback(ctx: GapContext, window: LookbackWindow, why: str) -> Outcome:
+    """§2.2: an empty lookback falls back to the conservative default (the potential value in Part 75)."""
+    if ctx.policy.selector == "part75_tiered":
+        return fixed_default(ctx.require_potential(why), _potential_routine(ctx),
+                             "40 CFR 75.33(b)(4) by analogy: no usable lookback value", notes=(why,),
+                             lookback=window)
+    alarm = (why,) if ctx.policy.selector == "hj75_tiered" else ()
+    return fixed_default(ctx.require_default(why), "fixed_conservative_default",
+                         "missing-data.md §2.2: empty lookback falls back to the configured default",
+                         notes=(why,), alarms=alarm, lookback=window)
+
+
+def _hj75(ctx: GapContext, n: int) -> Outcome:
+    policy = ctx.policy
+    assert ctx.alpha is not None
+    assert policy.direction is not None
+    w = hj75_window(ctx.alpha.pct, n, policy.window_short, policy.window_long, policy.window_low_alpha)
+    if w is None:
+        alarm = "HJ 75 alpha < 75 %: outside the standard's table; configured default used"
+        return fixed_default(ctx.require_default("alpha < 75 %"), "fixed_conservative_default",
+                             "design-choice: the HJ 75-2017 table covers alpha >= 75 % only", alarms=(alarm,))
+    window = _window(ctx, w)
+    tier = "alpha >= 90 %, N <= 24" if ctx.alpha.pct >= 90 and n <= 24 else (
+        "alpha >= 90 %, N > 24" if ctx.alpha.pct >= 90 else "75 % <= alpha < 90 %")
+    name = "max" if policy.direction is Direction.HIGH else "min"
+    citation = (f"HJ 75-2017 data-invalid-period table ({tier}): {name} of the {w} valid hours before the "
+                "outage (corroborated)")
+    out = extreme_outcome(window, policy.direction, f"{name}_lookback({w})", citation)
+    return out or _empty_lookback(ctx, window, "empty lookback")
+
+
+def _mean_plus_2sigma(ctx: GapContext) -> Outcome:
+    policy = ctx.policy
+    assert policy.direction is not None
+    values = [item.value for item in ctx.history if item.value is not None]
+    out = mean_plus_2sigma(values, policy.ddof, policy.direction)
+    alarms: tuple[str, ...] = ()
+    if ctx.gap.end - ctx.gap.start + 1 > 120:
+        alarms = ("Reg. (EU) 2018/2066 Art. 45(1): equipment out of operation for more than five consecutive "
+                  "days: inform the competent authority",)
+    if out is None:
+        return fixed_default(ctx.require_default("fewer than 2 valid hours in the reference period"),
+                             "fixed_conservative_default", "MRR Art. 66(1): conservative surrogate data",
+                             alarms=alarms)
+    return Outcome(out.value, out.routine, out.method_code, out.citation, out.statistics, None, out.notes,
+                   alarms)
+
+
+def _hour_before_after(ctx: GapContext) -> Outcome:
+    hbha = ctx.hbha
+    if hbha.value is None:
+        missing = "max_potential/min_potential" if hbha.source == "potential" else "default_value"
+        raise RuleInputError(f"hour_before_after: no value before or after the gap and no {missing} "
+                             "configured")
+    return hbha_outcome(hbha)
+
+
+def _percentile_lookback(ctx: GapContext) -> Outcome:
+    policy = ctx.policy
+    assert policy.percentile is not None
+    assert policy.direction is not None
+    window = _window(ctx, policy.window)
+    hbha = None
+    if policy.floor_hbha:
+        _require_hbha(ctx)
+        hbha = ctx.hbha
+    citation = "missing-data.md §2.2 percentile_lookback (nearest rank, design-choice)"
+    out = percentile_outcome(window, policy.percentile, policy.direction, citation, hbha)
+    return out or _empty_lookback(ctx, window, "empty lookback")
+
+
+def _extreme_lookback(ctx: GapContext) -> Outcome:
+    policy = ctx.policy
+    direction = Direction.HIGH if policy.selector == "max_lookback" else Direction.LOW
+    window = _window(ctx, policy.window)
+    out = extreme_outcome(window, direction, policy.selector,
+                          f"missing-data.md §2.2 {policy.selector}(W={policy.window})")
+    return out or _empty_lookback(ctx, window, "empty lookback")
