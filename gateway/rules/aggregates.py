@@ -111,6 +111,8 @@ def aggregate_periods(samples: Sequence[Sample], *, period_ms: int = HOUR_MS, ca
     Periods are aligned on ``origin_ms`` (0: UTC hours for the default period); periods without any
     sample are left to the gap ledger, which knows whether the point should have reported.
     """
-    starts = sorted({origin_ms + ((s.ts_ms - origin_ms) // period_ms) * period_ms for s in samples})
-    return tuple(aggregate_period(samples, start, period_ms=period_ms, cadence_ms=cadence_ms, rule=rule)
-                 for start in starts)
+    groups: dict[int, list[Sample]] = {}
+    for s in samples:  # one pass: each period then only scans its own samples
+        groups.setdefault(origin_ms + ((s.ts_ms - origin_ms) // period_ms) * period_ms, []).append(s)
+    return tuple(aggregate_period(groups[start], start, period_ms=period_ms, cadence_ms=cadence_ms, rule=rule)
+                 for start in sorted(groups))

@@ -140,7 +140,7 @@ def resolve_hbha(hb: HourValue | None, ha: HourValue | None, policy: Substitutio
     """HB/HA average, or the §98.35(b)(1) / §75.31(b)(2) fallback the policy names."""
     if hb is not None and hb.value is not None and ha is not None and ha.value is not None:
         mean = float(exact_mean((hb.value, ha.value)))
-        return HbHa(mean, "average", METHOD_HBHA, "HB/HA average: 40 CFR 75.31(b)(1), 75.33(b), 98.35(b)(1)")
+        return HbHa(mean, "average", METHOD_HBHA, "HB/HA average")  # the selector names its clause
     if hb is not None and hb.value is not None:
         if policy.open_gap_fallback == "hour_before":
             return HbHa(hb.value, "hour_before", METHOD_ONE_SIDED,

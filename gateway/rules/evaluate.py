@@ -242,28 +242,29 @@ def _substitution(name: str, policy: str, params: Mapping[str, Any], scenario: M
     )
     point = params.get("parameter", name)
     point = point if isinstance(point, str) else name
-    provisional_run: GapSubstitution | None
+    earlier: GapSubstitution | None  # the provisional version the answer supersedes, if any
     if inputs.gap_open:
-        main_run = substitute_gap(history, gap_hours, rule_policy, point=point, inputs=inputs)
-        provisional_run = None
+        main_run, earlier = substitute_gap(history, gap_hours, rule_policy, point=point, inputs=inputs), None
     else:
-        provisional_run, main_run = provisional_then_final(history, gap_hours, rule_policy, point=point,
-                                                           inputs=inputs)
+        earlier, main_run = provisional_then_final(history, gap_hours, rule_policy, point=point, inputs=inputs)
     is_final = main_run.status == "final"
+    # Final: values are the answer and `provisional` what was published while the gap was open.
+    # Provisional (open gap, or MRR period still open): values are null, `provisional` is the answer.
+    provisional_values = (earlier or main_run).values() if is_final else main_run.values()
     first_trace = main_run.records[0].gap
     result: dict[str, Any] = {
         "name": name,
         "policy": policy,
         "status": main_run.status,
         "values": list(main_run.values()) if is_final else [None] * len(gap_hours),
-        "provisional": list((provisional_run or main_run).values()) if provisional_run or not is_final else None,
+        "provisional": list(provisional_values),
         "routine": _uniform([r.detail.routine for r in main_run.records]),
         "method_code": _uniform([r.detail.method_code for r in main_run.records]),
         "pma": None if first_trace.pma is None else first_trace.pma.rounded,
         "alpha": None if first_trace.alpha is None else first_trace.alpha.rounded,
         "alarm": main_run.alarm,
         "trace": _trace_json(main_run),
-        "provisional_trace": None if provisional_run is None else _trace_json(provisional_run),
+        "provisional_trace": None if earlier is None else _trace_json(earlier),
     }
     return result
 

@@ -46,9 +46,11 @@ def fixed_default(value: float, routine: str, citation: str, *, notes: tuple[str
     return Outcome(value, routine, METHOD_DEFAULT, citation, (("default_value", value),), lookback, notes, alarms)
 
 
-def hbha_outcome(hbha: HbHa, routine: str = "hour_before_after") -> Outcome:
+def hbha_outcome(hbha: HbHa, clause: str, routine: str = "hour_before_after") -> Outcome:
+    """HB/HA under ``clause``; a fallback (one side only, default, potential) adds its own citation."""
     assert hbha.value is not None
-    return Outcome(hbha.value, routine, hbha.method_code, hbha.citation,
+    citation = clause if hbha.source == "average" else f"{clause}; {hbha.citation}"
+    return Outcome(hbha.value, routine, hbha.method_code, citation,
                    (("hbha", hbha.value), ("hbha_source", hbha.source)))
 
 

@@ -199,7 +199,7 @@ def _part75(ctx: GapContext, hv: HourValue, n: int) -> Outcome:
             assert out is not None
             return out
         _require_hbha(ctx)
-        return hbha_outcome(ctx.hbha)
+        return hbha_outcome(ctx.hbha, citation)
     if tier in (Part75Tier.P90, Part75Tier.P95):
         _require_hbha(ctx)
         p = Fraction(90 if tier is Part75Tier.P90 else 95)
@@ -222,8 +222,8 @@ def _part75_initial(ctx: GapContext, window: LookbackWindow, bins: list[int | No
                     load_bin: int | None) -> Outcome:
     if ctx.policy.kind != "binned":
         _require_hbha(ctx)
-        out = hbha_outcome(ctx.hbha, "initial_hour_before_after")
-        return Outcome(out.value, out.routine, METHOD_INITIAL, "40 CFR 75.31(b)(1)", out.statistics)
+        hbha = hbha_outcome(ctx.hbha, "40 CFR 75.31(b)(1)", "initial_hour_before_after")
+        return Outcome(hbha.value, hbha.routine, METHOD_INITIAL, hbha.citation, hbha.statistics)
     assert load_bin is not None
     assert ctx.policy.direction is not None
     citation = "40 CFR 75.31 and 75.57 MODC 07: average at the corresponding load range (or a higher one)"
@@ -289,7 +289,7 @@ def _hour_before_after(ctx: GapContext) -> Outcome:
         missing = "max_potential/min_potential" if hbha.source == "potential" else "default_value"
         raise RuleInputError(f"hour_before_after: no value before or after the gap and no {missing} "
                              "configured")
-    return hbha_outcome(hbha)
+    return hbha_outcome(hbha, "40 CFR 98.35(b)(1)")
 
 
 def _percentile_lookback(ctx: GapContext) -> Outcome:

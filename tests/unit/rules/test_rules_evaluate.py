@@ -22,7 +22,7 @@ def run_main(tmp_path: Path, content: str | Any) -> tuple[int, list[dict[str, An
     return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
 
 
-BASE = {
+BASE: dict[str, Any] = {
     "name": "s1",
     "policy": "part75_tiered",
     "params": {"direction": "high", "pma": 97.5},
@@ -54,6 +54,18 @@ def test_open_gap_gives_null_values_and_provisional_ones(tmp_path: Path) -> None
     assert answer["values"] == [None, None]
     assert answer["provisional"] == [12.0, 12.0]
     assert answer["provisional_trace"] is None
+
+
+def test_mrr_before_the_reference_period_closes_answers_provisional(tmp_path: Path) -> None:
+    scenario = {"name": "m", "policy": "mean_plus_2sigma",
+                "params": {"direction": "high", "reference_period_closed": False},
+                "history": [[0, 1.0], [1, 3.0], [2, None], [3, 5.0]], "gap": [2]}
+    _, (answer,), _ = run_main(tmp_path, scenario)
+    assert answer["status"] == "provisional"
+    assert answer["values"] == [None]
+    assert answer["provisional"] == [pytest.approx(7.0)]  # mean 3 + 2 x s 2
+    assert answer["routine"] == "mean_plus_2sigma"
+    assert answer["provisional_trace"]["hours"][0]["routine"] == "last_good"
 
 
 def test_non_operating_gap_hours_answer_null(tmp_path: Path) -> None:
@@ -125,6 +137,20 @@ def test_bad_input_exits_2_with_one_line_and_prints_nothing(tmp_path: Path, cont
     assert err.startswith(str(tmp_path / "scenarios.json") + ": ")
     assert fragment in err
     assert "Traceback" not in err
+
+
+def test_the_documented_example_gives_the_documented_answer(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "rules.md").read_text(encoding="utf-8")
+    section = doc.split("### 1.5 Example", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    code, (answer,), _ = run_main(tmp_path, example)
+    assert code == 0
+    assert answer["values"] == [10.8, 10.8, None, 10.8]
+    assert answer["provisional"] == [10.6, 10.6, None, 10.6]
+    assert (answer["routine"], answer["method_code"], answer["pma"]) == ("hour_before_after", "06", 97.5)
+    assert answer["trace"]["non_operating_hours"] == [6]
+    assert answer["trace"]["config_hash"][:15] in section
+    assert answer["trace"]["hours"][0]["record_id"][:12] in section
 
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:

@@ -32,10 +32,10 @@ def run(history: list[HourValue], gap: Sequence[int], pol: SubstitutionPolicy, *
     return substitute_gap(history, gap, pol, point="p", instrument="i", inputs=GapInputs(**inputs))
 
 
-SERIES = [(h, 10.0 + (h % 5)) for h in range(40)]  # values 10..14 repeating
+SERIES: list[tuple[int, float | None]] = [(h, 10.0 + (h % 5)) for h in range(40)]  # values 10..14 repeating
 
 
-def with_gap(pairs: list[tuple[int, float | None]], gap: range) -> list[tuple[int, float | None]]:
+def with_gap(pairs: Sequence[tuple[int, float | None]], gap: range) -> list[tuple[int, float | None]]:
     return [(h, None if h in gap else v) for h, v in pairs]
 
 
@@ -45,6 +45,7 @@ def test_part75_pma_exactly_95_with_24_hours_is_the_short_tier() -> None:
     h = hist(with_gap(SERIES, range(10, 34)))  # N = 24
     res = run(h, range(10, 34), policy(selector="part75_tiered", direction="high", pma=95.0))
     assert {r.detail.routine for r in res.records} == {"hour_before_after"}
+    assert res.records[0].detail.citation == "40 CFR 75.33(b)(1)(i)"
     assert res.values()[0] == pytest.approx((14.0 + 14.0) / 2)  # HB hour 9 = 14, HA hour 34 = 14
 
 
@@ -351,7 +352,7 @@ def test_record_trace_carries_config_hash_version_and_citation() -> None:
     data = rec.to_json()
     assert data["trace"]["config_hash"] == pol.config_hash()
     assert data["trace"]["software_version"] == gateway.__version__
-    assert data["trace"]["citation"].startswith("HB/HA average")
+    assert data["trace"]["citation"] == "40 CFR 98.35(b)(1)"
     assert data["trace"]["hb"] == {"hour": 0, "value": 1.0}
     assert data["record_id"].startswith("sub-")
 
