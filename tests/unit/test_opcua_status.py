@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from asyncua import ua
 from hypothesis import given
@@ -136,7 +138,7 @@ def test_calibration_condition(value: object, condition: st.DeviceCondition) -> 
 def test_worst_follows_ne107_priority() -> None:
     order = [st.NORMAL, st.MAINTENANCE_REQUIRED, st.OFF_SPEC, st.UNKNOWN, st.CHECK_FUNCTION, st.CALIBRATING,
              st.FAILURE]
-    for lower, higher in zip(order, order[1:], strict=False):
+    for lower, higher in itertools.pairwise(order):
         assert st.worst(lower, higher) is higher
         assert st.worst(higher, lower) is higher
     assert st.worst() is st.NORMAL
