@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,10 @@ from gateway.forwarder import Forwarder
 from gateway.instruments import InstrumentSpec
 from gateway.poller import ConnectionPoller
 from gateway.queue import ReadingQueue
+from gateway.model import RawSample
 from gateway.registry import Config
 from gateway.store import Store
+from gateway.tagging import tag
 
 log = logging.getLogger("gateway.app")
 
@@ -32,7 +34,7 @@ def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[Instrum
     """Instruments that share an endpoint share one connection (one request at a time)."""
     groups: dict[str, list[InstrumentSpec]] = {}
     for s in specs:
-        if s.polled:
+        if s.polled and not s.is_opcua:
             groups.setdefault(s.connection.endpoint, []).append(s)
     return groups
 
@@ -54,6 +56,7 @@ class Gateway:
     config: Config
     clock: Clock = field(default_factory=SystemClock)
     pollers: list[ConnectionPoller] = field(default_factory=list)
+    subscribers: list[tuple[InstrumentSpec, Any]] = field(default_factory=list)  # (spec, OpcUaDriver)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -68,31 +71,41 @@ class Gateway:
                              backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s)
             for specs in group_by_endpoint(cfg.instruments).values()
         ]
+        ua_specs = [s for s in cfg.instruments if s.polled and s.is_opcua]
+        if ua_specs:
+            from drivers.opcua.driver import OpcUaDriver
+
+            # asyncua logs a traceback per lost connection; the driver logs one line per state change.
+            logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+            self.subscribers = [(s, OpcUaDriver(s.device)) for s in ua_specs]  # type: ignore[arg-type]
         log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
-                 __version__, sum(len(p.specs) for p in self.pollers), len(self.pollers), st.store.path,
-                 st.mqtt.host, st.mqtt.port, cfg.version)
+                 __version__, sum(len(p.specs) for p in self.pollers) + len(self.subscribers),
+                 len(self.pollers) + len(self.subscribers), st.store.path, st.mqtt.host, st.mqtt.port, cfg.version)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
+        tasks += [asyncio.create_task(drv.run(self._sink(spec, queue)), name=f"opcua {spec.id}")
+                  for spec, drv in self.subscribers]
         tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
         writer = asyncio.create_task(self._write(queue, store, forwarder), name="writer")
         pruner = asyncio.create_task(self._prune(store), name="pruner")
+        stopper = asyncio.create_task(stop.wait(), name="stop signal")
         try:
             auth_error = await self._first_connect(forwarder)
             if auth_error is not None:
                 raise PublishError(auth_error)
-            waiters = [asyncio.create_task(stop.wait()), writer]
-            done, _ = await asyncio.wait(waiters, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([stopper, writer], timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:
                 writer.result()  # a store failure is fatal: surface it
-            waiters[0].cancel()
         finally:
-            for t in [*tasks, pruner]:
+            for t in [*tasks, pruner, stopper]:
                 t.cancel()
-            await asyncio.gather(*tasks, pruner, return_exceptions=True)
+            await asyncio.gather(*tasks, pruner, stopper, return_exceptions=True)
+            for _spec, drv in self.subscribers:
+                await drv.close()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             # Nothing polled is lost on a clean stop: commit what is still queued.
@@ -104,6 +117,13 @@ class Gateway:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    @staticmethod
+    def _sink(spec: InstrumentSpec, queue: ReadingQueue) -> Callable[[str, Sequence[RawSample]], Awaitable[None]]:
+        async def sink(_instrument: str, samples: Sequence[RawSample]) -> None:
+            await queue.put(tag(spec, samples))  # waits when the store falls behind: backpressure
+
+        return sink
 
     async def _first_connect(self, forwarder: Forwarder) -> str | None:
         for _ in range(int(AUTH_CHECK_S / 0.05)):
@@ -151,4 +171,9 @@ class Gateway:
                 instruments[sid] = {"state": h.state, "polls": h.polls, "failures": h.failures,
                                     "missed_polls": h.missed_polls, "last_ok": h.last_ok_ms,
                                     "last_error": h.last_error}
+        for spec, drv in self.subscribers:
+            st = drv.stats
+            instruments[spec.id] = {"state": "ok" if drv.state == "ok" else "failing", "polls": st.polls,
+                                    "failures": st.outages, "missed_polls": st.missed_polls, "last_ok": None,
+                                    "last_error": str(drv.last_error or "")}
         return {"version": __version__, "instruments": instruments}

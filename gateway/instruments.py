@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.modbus.spec import ModbusPoint, ReadRequest
+from drivers.opcua.spec import OpcUaDevice
 from gateway.calibration import CalibrationWindow
 from gateway.registry_schema import NE107, Connection, InstrumentModel
 from gateway.units import Conversion
@@ -54,13 +55,17 @@ class InstrumentSpec:
     health: tuple[HealthRule, ...]
     calibration: CalibrationWindow
     poll_interval_s: float
-    device: ModbusDevice
+    device: ModbusDevice | OpcUaDevice
     source_file: str
     point_index: dict[str, PointSpec] = field(default_factory=dict)
 
     @property
     def connection(self) -> Connection:
         return self.model.connection
+
+    @property
+    def is_opcua(self) -> bool:
+        return isinstance(self.device, OpcUaDevice)
 
     @property
     def polled(self) -> bool:

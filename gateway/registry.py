@@ -7,6 +7,7 @@ in one pass so a technician sees every mistake at once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -91,7 +92,7 @@ def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileMode
 
 
 _FIELDS = ("table", "address", "type", "order", "scale", "offset", "device_unit", "unit", "totalizer",
-           "description", "expect", "simulate")
+           "description", "expect", "simulate", "node_id", "mode", "sampling_interval_ms", "queue_size", "deadband")
 
 
 def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[tuple[PointModel, bool]]:
@@ -180,7 +181,7 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
             spec = _compile(inst, ctx, profiles, profile_trees, settings, tz, today or date.today())
             if spec is None:
                 continue
-            if spec.polled:
+            if spec.polled and not spec.is_opcua:
                 bus = buses.setdefault(spec.connection.endpoint, (spec, inst.id))
                 settings_of = getattr(spec.connection, "line_settings", None)
                 if settings_of is not None and settings_of != bus[0].connection.line_settings:
@@ -257,6 +258,8 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         ctx.error(("points",), "points", "instrument has no points (give a profile or points)")
 
     own_index = {p.name: j for j, p in enumerate(inst.points)}
+    is_opcua = inst.connection.protocol == "opcua"
+    ua_points: list[tuple[PointModel, tuple[int | str, ...], str]] = []
     points: list[PointSpec] = []
     for p, own in merged:
         if own:
@@ -269,19 +272,28 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             k = next(i for i, bp in enumerate(base_points) if bp.name == p.name)
             loc, field = ("profile",), f"profile({inst.profile}).points[{k}]"
             src_file, src_line = str(ppath), line_of(ptree, ("points", k))
-        missing = [f for f in ("table", "address", "type", "device_unit") if getattr(p, f) is None]
+        needed = ("node_id",) if is_opcua else ("table", "address", "type", "device_unit")
+        missing = [f for f in needed if getattr(p, f) is None]
+        if (p.unit or p.device_unit) is None:
+            missing.append("unit")
         if missing:
             ctx.error(loc, f"{field}", f"point '{p.name}' lacks {', '.join(missing)}")
             continue
+        if not is_opcua and p.node_id is not None:
+            ctx.error(loc + ("node_id",), f"{field}.node_id", "node_id is for OPC UA instruments only")
+            continue
+        device_unit = p.device_unit or p.unit
         unit = p.unit or p.device_unit
         try:
-            conv = conversion(p.device_unit, unit)  # type: ignore[arg-type]
+            conv = conversion(device_unit, unit)  # type: ignore[arg-type]
         except UnitError as err:
             sub = "unit" if own and inst.points[own_index[p.name]].unit is not None else "device_unit"
             ctx.error(loc + ((sub,) if own else ()), f"{field}.{sub}", str(err))
             continue
-        mp = to_modbus_point(p)
-        points.append(PointSpec(name=p.name, device_unit=p.device_unit, unit=unit, conversion=conv,  # type: ignore[arg-type]
+        mp = None if is_opcua else to_modbus_point(p)
+        if is_opcua:
+            ua_points.append((p, loc, field))
+        points.append(PointSpec(name=p.name, device_unit=device_unit, unit=unit, conversion=conv,  # type: ignore[arg-type]
                                 totalizer=bool(p.totalizer), description=p.description or "", expect=p.expect,
                                 modbus=mp, source_file=src_file, source_line=src_line,
                                 simulate=dict(p.simulate) if p.simulate else None))
@@ -309,6 +321,14 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
 
     if len(ctx.errors) > n_errors:
         return None
+    poll = inst.poll_interval_s or settings.limits.default_poll_interval_s
+    if is_opcua:
+        device = _opcua_device(inst, ua_points, ctx)
+        if device is None:
+            return None
+        return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=(),
+                              calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
+                              point_index={p.name: p for p in points})
     max_regs = profile.max_registers_per_request if profile else 125
     max_gap = profile.max_gap_registers if profile else 0
     try:
@@ -316,12 +336,66 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
     except ValueError as err:
         ctx.error(("points",), "points", str(err))
         return None
-    poll = inst.poll_interval_s or settings.limits.default_poll_interval_s
     device = ModbusDevice(instrument_id=inst.id, unit_id=inst.connection.unit_id,
                           timeout_s=inst.connection.timeout_s, requests=requests)
     return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=tuple(health),
                           calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
                           point_index={p.name: p for p in points})
+
+
+def _secret(sec: Any, file_key: str, env_key: str, ctx: _Ctx) -> str | None:
+    path, env = getattr(sec, file_key), getattr(sec, env_key)
+    if path is not None:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            ctx.error(("connection", "security", file_key), f"connection.security.{file_key}",
+                      f"cannot read {path}: {err.strerror}")
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            ctx.error(("connection", "security", env_key), f"connection.security.{env_key}",
+                      f"environment variable {env} is not set")
+        return value
+    return None
+
+
+def _opcua_device(inst: InstrumentModel, ua_points: list[tuple[PointModel, tuple[int | str, ...], str]],
+                  ctx: _Ctx) -> Any:
+    from drivers.opcua.spec import OpcUaDevice, OpcUaPoint, OpcUaSecurity
+
+    c = inst.connection
+    built = []
+    for p, loc, field in ua_points:
+        try:
+            built.append(OpcUaPoint(name=p.name, node_id=p.node_id or "", mode=p.mode or "subscribe",  # type: ignore[arg-type]
+                                    sampling_interval_ms=p.sampling_interval_ms, queue_size=p.queue_size or 1,
+                                    deadband_abs=p.deadband, scale=p.scale if p.scale is not None else 1.0,
+                                    offset=p.offset or 0.0))
+        except ConfigError as err:
+            sub = (err.field or "").rsplit(".", 1)[-1]
+            ctx.error(loc + ((sub,) if sub else ()), f"{field}.{sub}" if sub else field, err.message)
+    sec = c.security
+    password = _secret(sec, "password_file", "password_env", ctx)
+    key_password = _secret(sec, "key_password_env", "key_password_env", ctx) if sec.key_password_env else None
+    try:
+        security = OpcUaSecurity(policy=sec.policy, mode=sec.mode, client_cert=sec.client_cert,  # type: ignore[arg-type]
+                                 client_key=sec.client_key, client_key_password=key_password,
+                                 application_uri=sec.application_uri, trust_dir=sec.trust_dir,
+                                 trusted_certs=tuple(sec.trusted_certs), crl_dir=sec.crl_dir,
+                                 trust_server_certificate_without_check=sec.trust_server_certificate_without_check,
+                                 username=sec.username, password=password)
+        return OpcUaDevice(instrument_id=inst.id, endpoint_url=c.endpoint, points=tuple(built),
+                           publishing_interval_ms=c.publishing_interval_ms,
+                           poll_interval_s=inst.poll_interval_s or c.poll_interval_s,
+                           health_node_id=c.health_node_id, calibration_node_id=c.calibration_node_id,
+                           watchdog_intervals=c.watchdog_intervals, timeout_s=c.timeout_s, security=security,
+                           reconnect_initial_s=c.reconnect_initial_s, reconnect_max_s=c.reconnect_max_s)
+    except ConfigError as err:
+        field = err.field or "connection"
+        loc = tuple(x for x in field.split(".") if x)
+        ctx.error(("connection", *loc) if loc[:1] != ("connection",) else loc, f"connection.{field}", err.message)
+        return None
 
 
 def _point_loc(inst: InstrumentModel, name: str) -> tuple[int | str, ...]:

@@ -67,6 +67,12 @@ class PointModel(Strict):
     totalizer: bool | None = None
     description: str | None = None
     expect: tuple[float, float] | None = None  # plausible range checked by `validate --live`
+    # OPC UA points (connection protocol opcua) give a node id instead of a register.
+    node_id: str | None = None
+    mode: Literal["subscribe", "poll"] | None = None
+    sampling_interval_ms: float | None = Field(default=None, gt=0)
+    queue_size: int | None = Field(default=None, ge=1)
+    deadband: float | None = Field(default=None, ge=0)
     simulate: dict[str, object] | None = None
 
     @field_validator("expect")
@@ -169,7 +175,56 @@ class ModbusRtuConnection(Strict):
         return False
 
 
-Connection = Annotated[ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection,
+class OpcUaSecurityModel(Strict):
+    policy: Literal["None", "Basic256Sha256"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    client_cert: str | None = None
+    client_key: str | None = None
+    application_uri: str = "urn:carbon-gateway:client"
+    trust_dir: str | None = None
+    trusted_certs: list[str] = []
+    crl_dir: str | None = None
+    trust_server_certificate_without_check: bool = False
+    username: str | None = None
+    # Secrets never live in YAML: a file or an environment variable.
+    password_file: str | None = None
+    password_env: str | None = None
+    key_password_env: str | None = None
+
+
+class OpcUaConnection(Strict):
+    protocol: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
+    publishing_interval_ms: float = Field(default=1000.0, gt=0)
+    watchdog_intervals: int = Field(default=3, ge=2, le=100)
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    reconnect_initial_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    health_node_id: str | None = None
+    calibration_node_id: str | None = None
+    security: OpcUaSecurityModel = OpcUaSecurityModel()
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        hostport = self.endpoint.split("://", 1)[1].split("/", 1)[0]
+        return int(hostport.rsplit(":", 1)[1]) if ":" in hostport else 4840
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+Connection = Annotated[ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection | OpcUaConnection,
                        Field(discriminator="protocol")]
 
 

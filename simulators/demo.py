@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from simulators.broker import PrivateBroker
@@ -26,8 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     with PrivateBroker() as broker, tempfile.TemporaryDirectory(prefix="carbon-demo-") as tmp:
         print(f"private mosquitto on {broker.url}; store in {tmp}/gateway.db", flush=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        sim = subprocess.Popen([*exe, "simulate", "--config", str(args.config)], env=env)
-        time.sleep(1.0)
+        sim = subprocess.Popen([*exe, "simulate", "--config", str(args.config)], env=env, stdout=subprocess.PIPE,
+                               text=True)
+        assert sim.stdout is not None
+        for line in sim.stdout:  # start the gateway once every simulated meter listens
+            print(line.rstrip(), flush=True)
+            if line.startswith("simulators ready"):
+                break
         gw_log = open(Path(tmp) / "gateway.log", "w")  # noqa: SIM115 - closed below
         gw = subprocess.Popen([*exe, "run", "--config", str(args.config), "--mqtt-url", broker.url,
                                "--store", str(Path(tmp) / "gateway.db")], env=env, stderr=gw_log)

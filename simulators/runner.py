@@ -71,11 +71,11 @@ def simulated_device(spec: InstrumentSpec, *, seed: int) -> SimulatedDevice:
 
 
 def build_servers(cfg: Config, *, seed: int = 1) -> dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]]:
-    """One server per loopback endpoint; returns {endpoint: (server, {instrument id: device})}."""
+    """One Modbus server per loopback endpoint; returns {endpoint: (server, {instrument id: device})}."""
     servers: dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]] = {}
     for i, spec in enumerate(cfg.instruments):
         conn = spec.connection
-        if not conn.is_loopback:
+        if spec.is_opcua or not conn.is_loopback:
             continue
         if conn.endpoint not in servers:
             servers[conn.endpoint] = (ModbusMeterServer(conn.host, conn.port, {}), {})
@@ -103,7 +103,8 @@ def apply_fault(dev: SimulatedDevice, fault: FaultSpec) -> None:
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
                          seed: int = 1) -> int:
     servers = build_servers(cfg, seed=seed)
-    if not servers:
+    ua = [s for s in cfg.instruments if s.is_opcua and s.connection.is_loopback]
+    if not servers and not ua:
         print("no instrument of this configuration has a loopback address: nothing to simulate")
         return 2
     by_id = {iid: (srv, dev) for srv, devs in servers.values() for iid, dev in devs.items()}
@@ -118,8 +119,20 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
             await srv.set_refuse(True)
         else:
             apply_fault(dev, f)
+    ua_sims = []
+    if ua:
+        from simulators.opcua_server import CemsOpcUaSimulator
+
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+        for i, spec in enumerate(ua):
+            sim = CemsOpcUaSimulator(spec.connection.host, spec.connection.port, seed=seed + 100 + i)
+            await sim.start()
+            ua_sims.append(sim)
     for endpoint, (_srv, devs) in servers.items():
         print(f"simulating {', '.join(devs)} on {endpoint}", flush=True)
+    for spec, sim in zip(ua, ua_sims, strict=True):
+        print(f"simulating {spec.id} on {sim.endpoint} (OPC UA CEMS analyzer)", flush=True)
+    print("simulators ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,4 +142,6 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
         await asyncio.wait_for(stop.wait(), duration_s)
     for srv, _ in servers.values():
         await srv.stop()
+    for sim in ua_sims:
+        await sim.stop()
     return 0

@@ -1,0 +1,80 @@
+"""An OPC UA analyzer registered in YAML, read by the running gateway and delivered over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.cli import main
+from gateway.registry import load_config
+from simulators.broker import PrivateBroker, free_port
+from simulators.opcua_server import CemsOpcUaSimulator
+from tests.helpers import Recorder, dedup_by_seq, seqs_without_holes, write_config
+
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
+
+
+def opcua_instrument(port: int, extra_security: str = "") -> str:
+    return f"""\
+instruments:
+  - id: CEMS-UA
+    name: OPC UA analyzer
+    kind: gas_analyzer
+    connection:
+      protocol: opcua
+      endpoint: opc.tcp://127.0.0.1:{port}/
+      publishing_interval_ms: 100
+      poll_interval_s: 0.2
+      health_node_id: "ns=2;s=CEMS.DeviceHealth"
+      calibration_node_id: "ns=2;s=CEMS.CalibrationInProgress"
+      reconnect_initial_s: 0.1
+      reconnect_max_s: 0.5
+{extra_security}
+    points:
+      - {{name: co2, node_id: "ns=2;s=CEMS.CO2", unit: "%vol", mode: subscribe, sampling_interval_ms: 100}}
+      - {{name: flue_gas_flow, node_id: "ns=2;s=CEMS.FlueGasFlow", device_unit: "Nm3/h", unit: "Nm3/s"}}
+      - {{name: flue_gas_pressure, node_id: "ns=2;s=CEMS.Pressure", unit: kPa, mode: poll}}
+"""
+
+
+async def test_opcua_readings_reach_the_subscriber(tmp_path: Path, broker: PrivateBroker,
+                                                   recorder: Recorder) -> None:
+    port = free_port()
+    cfg = load_config(write_config(tmp_path, opcua_instrument(port), url=broker.url, store=tmp_path / "gw.db"))
+    async with CemsOpcUaSimulator("127.0.0.1", port, update_interval_s=0.05, seed=3) as sim:
+        run = asyncio.create_task(Gateway(cfg).run())
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            points = {r["point"] for b in recorder.readings() for r in b["readings"] if r["quality"] == "good"}
+            if points >= {"co2", "flue_gas_flow", "flue_gas_pressure"}:
+                break
+        await sim.set_calibration(True)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if any(r["reason"] == "calibration" for b in recorder.readings() for r in b["readings"]):
+                break
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    readings = [r for b in recorder.readings() for r in b["readings"]]
+    good = {r["point"]: r for r in readings if r["quality"] == "good"}
+    assert set(good) == {"co2", "flue_gas_flow", "flue_gas_pressure"}
+    assert 8 <= good["co2"]["value"] <= 16
+    assert good["flue_gas_flow"]["unit"] == "Nm3/s"
+    assert 40 < good["flue_gas_flow"]["value"] < 100  # ~250,000 Nm3/h converted to Nm3/s
+    cal = [r for r in readings if r["reason"] == "calibration"]
+    assert cal, "calibration mode never reached the subscriber"
+    assert all(r["quality"] == "bad" for r in cal)
+    assert seqs_without_holes(dedup_by_seq(recorder.readings()), "CEMS-UA")
+
+
+def test_opcua_config_errors_are_located(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    security = "      security: {policy: Basic256Sha256, mode: SignAndEncrypt}"
+    write_config(tmp_path, opcua_instrument(4840, security))
+    assert main(["validate", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "instruments/plant.yaml:" in err
+    assert "connection.security" in err
+    assert "client_cert" in err or "client_key" in err
