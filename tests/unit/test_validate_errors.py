@@ -33,7 +33,7 @@ def run_validate(tmp_path: Path, instruments: str, capsys: pytest.CaptureFixture
 
 def test_sample_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "--config", str(REPO / "config")]) == 0
-    assert "ok (3 instruments" in capsys.readouterr().out
+    assert "ok (4 instruments" in capsys.readouterr().out
 
 
 CASES = {
