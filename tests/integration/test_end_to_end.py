@@ -137,9 +137,13 @@ def test_kill9_and_restart_loses_nothing_and_keeps_seq_gapless(config_dir: Path,
     # The broker publishes the Last Will when the connection dies without DISCONNECT.
     assert recorder.wait_for(lambda: any(b["state"] == "offline" and b.get("reason") == "connection_lost"
                                          for b in recorder.by_topic_suffix("/status")), 10)
+    onlines = len([b for b in recorder.by_topic_suffix("/status") if b["state"] == "online"])
     gw = start_gateway(config_dir, log)
     try:
-        time.sleep(1.0)
+        # Wait for the restarted gateway to be up (its "online" status), then take what was committed.
+        assert recorder.wait_for(lambda: len([b for b in recorder.by_topic_suffix("/status")
+                                              if b["state"] == "online"]) > onlines, 20)
+        time.sleep(0.5)
         snapshot = committed_messages(db)
         assert len(snapshot) > 10
         assert recorder.wait_for(lambda: set(snapshot) <= set(dedup_by_seq(recorder.readings())), 30), \
