@@ -14,14 +14,16 @@ from drivers.modbus.client import ModbusConnection
 from drivers.modbus.tcp import tcp_connection
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
+from gateway.corrections import Inbox, inbox_for
 from gateway.encode import JsonEncoder
 from gateway.errors import PublishError
 from gateway.forwarder import Forwarder
 from gateway.instruments import InstrumentSpec
+from gateway.model import RawSample
 from gateway.poller import ConnectionPoller
 from gateway.queue import ReadingQueue
-from gateway.model import RawSample
 from gateway.registry import Config
+from gateway.rules_stage import RulesStage
 from gateway.store import Store
 from gateway.tagging import tag
 
@@ -137,17 +139,45 @@ class Gateway:
         except TimeoutError:
             return None  # broker unreachable: keep polling and storing, the forwarder keeps retrying
 
+    def _rules(self, store: Store) -> RulesStage:
+        """The rules engine, with each point's history and open period reloaded from the store."""
+        now = self.clock.wall_ms()
+        rules = RulesStage(self.config.instruments, now_ms=now, last_readings=store.last_readings())
+        month_ago = now - 31 * 86_400_000
+        for instrument, point in rules.points():
+            # The substitution lookback needs the period history; other points only where they stopped.
+            aggregates = store.records("aggregates", instrument, point, since_ms=now - 3 * 365 * 86_400_000,
+                                       last=None if rules.wants_history(instrument, point) else 1)
+            subs = store.records("substitutes", instrument, point, since_ms=month_ago)
+            open_from = aggregates[-1]["period_end"] if aggregates else None
+            current = store.readings_since(instrument, point, int(open_from)) if open_from is not None else []
+            rules.restore(instrument, point, aggregates, subs, current)
+        return rules
+
     async def _write(self, queue: ReadingQueue, store: Store, forwarder: Forwarder) -> None:
         st = self.config.settings
         interval = st.store.commit_interval_ms / 1000
         per_message = st.mqtt.readings_per_message
+        rules = self._rules(store)
+        inbox = Inbox(inbox_for(st.store.path), self.config)
+        next_inbox = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             await queue.wait(interval)
             await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
-            batch = queue.take(st.limits.queue_readings)
+            readings, derived = rules.process(queue.take(st.limits.queue_readings))
+            now = self.clock.wall_ms()
+            derived += rules.tick(now)
+            ingested: list[Any] = []
+            if loop.time() >= next_inbox:
+                corrections, ingested = inbox.collect(store, now)
+                derived += corrections
+                next_inbox = loop.time() + 1.0
             acks = forwarder.take_acks()
-            if batch or acks:
-                created = store.commit(batch, now_ms=self.clock.wall_ms(), per_message=per_message, acked=acks)
+            if readings or acks or derived:
+                created = store.commit(readings, now_ms=now, per_message=per_message, acked=acks, derived=derived)
+                for path in ingested:
+                    path.unlink(missing_ok=True)  # only once its record is committed
                 if created:
                     forwarder.notify()
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.errors import ConfigErrors, GatewayError, PublishError, StoreError
+from gateway.clock import ScaledClock, SystemClock
+from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG, EXIT_BROKER = 0, 1, 2, 3
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mqtt-url", help="override mqtt.url, e.g. mqtt://127.0.0.1:1883")
     r.add_argument("--store", type=Path, help="override store.path")
     r.add_argument("--duration", type=float, help="stop after this many seconds (default: run until signalled)")
+    r.add_argument("--time-scale", type=float, help=argparse.SUPPRESS)  # simulations only: plant time x N
+    r.add_argument("--time-origin", help=argparse.SUPPRESS)  # simulations only: ISO time the plant clock starts at
 
     s = sub.add_parser("simulate", help="serve simulated meters for every loopback instrument of the config")
     _config_arg(s)
@@ -52,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--duration", type=float)
     w.add_argument("--until-instruments", type=int, default=0,
                    help="exit 0 as soon as this many instruments have sent readings")
+
+    c = sub.add_parser("correct", help="record a manual correction (a new version; the original stays)")
+    _config_arg(c)
+    c.add_argument("--store", type=Path, help="store path (default: store.path of the config)")
+    c.add_argument("--instrument", required=True)
+    c.add_argument("--point", required=True)
+    c.add_argument("--at", required=True, help="source time of the corrected reading, ISO 8601 with zone")
+    c.add_argument("--value", required=True, type=float, help="corrected value, in the point's reporting unit")
+    c.add_argument("--reason", required=True)
+    c.add_argument("--author", required=True)
 
     rules = sub.add_parser("rules", help="missing-data rules tools")
     rsub = rules.add_subparsers(dest="rules_command", required=True)
@@ -82,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
+    except ConfigError as err:
+        print(err.one_line(), file=sys.stderr)
+        return EXIT_CONFIG
     except GatewayError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -108,7 +124,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _load(args.config)
         cfg = _override(cfg, mqtt_url=args.mqtt_url, store=args.store)
-        asyncio.run(Gateway(cfg).run(duration_s=args.duration))
+        clock = SystemClock()
+        if args.time_scale:
+            from gateway.corrections import parse_time
+
+            origin = parse_time(args.time_origin) if args.time_origin else None
+            clock = ScaledClock(args.time_scale, origin)
+        asyncio.run(Gateway(cfg, clock=clock).run(duration_s=args.duration))
+        return EXIT_OK
+    if args.command == "correct":
+        from gateway.corrections import submit
+
+        cfg = _load(args.config)
+        path = submit(cfg, args.store or cfg.settings.store.path, instrument=args.instrument, point=args.point,
+                      at=args.at, value=args.value, reason=args.reason, author=args.author)
+        print(f"correction queued: {path} (the running gateway stores and publishes it)")
         return EXIT_OK
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from gateway.store import Message, StoredReading
 
@@ -29,15 +29,24 @@ def meta_topic(prefix: str, gateway: str, instrument: str) -> str:
     return f"{prefix}/{gateway}/{instrument}/meta"
 
 
+def derived_topic(prefix: str, gateway: str, instrument: str, kind: str) -> str:
+    return f"{prefix}/{gateway}/{instrument}/{kind}"
+
+
 class Encoder(Protocol):
-    def message(self, msg: Message, rows: Sequence[StoredReading]) -> tuple[str, bytes]: ...
+    def message(self, msg: Message, rows: Sequence[Any]) -> tuple[str, bytes]: ...
 
 
 class JsonEncoder:
     def __init__(self, prefix: str, gateway: str) -> None:
         self.prefix, self.gateway = prefix, gateway
 
-    def message(self, msg: Message, rows: Sequence[StoredReading]) -> tuple[str, bytes]:
+    def message(self, msg: Message, rows: Sequence[Any]) -> tuple[str, bytes]:
+        if msg.kind != "readings":
+            # events / aggregates / substitutes / corrections: the stored record bodies, in order.
+            body: dict[str, Any] = {"schema": f"carbon-gateway/{msg.kind}/1", "gateway": self.gateway,
+                                    "instrument": msg.instrument, "seq": msg.seq, msg.kind: list(rows)}
+            return derived_topic(self.prefix, self.gateway, msg.instrument, msg.kind), _dumps(body)
         body = {
             "schema": READINGS_SCHEMA,
             "gateway": self.gateway,
@@ -46,7 +55,7 @@ class JsonEncoder:
             "readings": [
                 {"point": r.point, "ts": r.ts_ms, "value": r.value, "unit": r.unit, "quality": r.quality,
                  "reason": r.reason, "calibration": r.calibration}
-                for r in rows
+                for r in cast(Sequence[StoredReading], rows)
             ],
         }
         return readings_topic(self.prefix, self.gateway, msg.instrument), _dumps(body)

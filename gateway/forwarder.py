@@ -247,7 +247,7 @@ class Forwarder:
             if free <= 0:
                 continue
             for msg in self._next_batch(free):
-                rows = self.store.readings_range(msg.first_id, msg.last_id)
+                rows = self.store.message_rows(msg)
                 topic, payload = self.encoder.message(msg, rows)
                 info = self._client.publish(topic, payload, qos=1)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

@@ -8,6 +8,7 @@ from typing import Any
 from drivers.modbus.spec import ModbusPoint, ReadRequest
 from drivers.opcua.spec import OpcUaDevice
 from gateway.calibration import CalibrationWindow
+from gateway.point_rules import PointRules
 from gateway.registry_schema import NE107, Connection, InstrumentModel
 from gateway.units import Conversion
 
@@ -25,6 +26,7 @@ class PointSpec:
     source_file: str
     source_line: int | None
     simulate: dict[str, Any] | None = None  # signal hint for the bundled simulator
+    rules: PointRules | None = None  # validity, gaps, aggregation, missing data (gateway/rules)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ jitter) without touching the schedules of other devices; polls skipped meanwhile
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -73,7 +72,7 @@ class ConnectionPoller:
                 at = max(due[spec.id], not_before[spec.id])
                 delay = at - self.clock.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                 await self._poll(spec, due, not_before)
         finally:
             await self.conn.close()

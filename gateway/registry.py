@@ -22,6 +22,7 @@ from drivers.modbus.spec import ModbusPoint, WordOrder
 from gateway.calibration import due_date, window_for
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import HealthRule, InstrumentSpec, ModbusDevice, PointSpec
+from gateway.point_rules import compile_point_rules
 from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointModel, ProfileModel
 from gateway.settings import Settings
 from gateway.units import UnitError, check_unit, conversion
@@ -92,7 +93,8 @@ def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileMode
 
 
 _FIELDS = ("table", "address", "type", "order", "scale", "offset", "device_unit", "unit", "totalizer",
-           "description", "expect", "simulate", "node_id", "mode", "sampling_interval_ms", "queue_size", "deadband")
+           "description", "expect", "simulate", "node_id", "mode", "sampling_interval_ms", "queue_size", "deadband",
+           "validity", "cadence_s", "aggregate", "feeds_emissions", "direction", "missing_data", "rollover_at")
 
 
 def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[tuple[PointModel, bool]]:
@@ -280,7 +282,7 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             ctx.error(loc, f"{field}", f"point '{p.name}' lacks {', '.join(missing)}")
             continue
         if not is_opcua and p.node_id is not None:
-            ctx.error(loc + ("node_id",), f"{field}.node_id", "node_id is for OPC UA instruments only")
+            ctx.error((*loc, "node_id"), f"{field}.node_id", "node_id is for OPC UA instruments only")
             continue
         device_unit = p.device_unit or p.unit
         unit = p.unit or p.device_unit
@@ -290,13 +292,21 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             sub = "unit" if own and inst.points[own_index[p.name]].unit is not None else "device_unit"
             ctx.error(loc + ((sub,) if own else ()), f"{field}.{sub}", str(err))
             continue
+        poll_s = inst.poll_interval_s or (inst.connection.publishing_interval_ms / 1000 if is_opcua
+                                          and (p.mode or "subscribe") == "subscribe" else
+                                          settings.limits.default_poll_interval_s)
+        rules, rule_errors = compile_point_rules(inst.kind, p, unit, inst.measuring_range, poll_s)  # type: ignore[arg-type]
+        for sub, message in rule_errors:
+            ctx.error(loc + tuple(sub.split(".")) if own else loc, f"{field}.{sub}", message)
+        if rules is None:
+            continue
         mp = None if is_opcua else to_modbus_point(p)
         if is_opcua:
             ua_points.append((p, loc, field))
         points.append(PointSpec(name=p.name, device_unit=device_unit, unit=unit, conversion=conv,  # type: ignore[arg-type]
                                 totalizer=bool(p.totalizer), description=p.description or "", expect=p.expect,
                                 modbus=mp, source_file=src_file, source_line=src_line,
-                                simulate=dict(p.simulate) if p.simulate else None))
+                                simulate=dict(p.simulate) if p.simulate else None, rules=rules))
 
     if inst.measuring_range is not None:
         try:

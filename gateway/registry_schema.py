@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -73,6 +73,14 @@ class PointModel(Strict):
     sampling_interval_ms: float | None = Field(default=None, gt=0)
     queue_size: int | None = Field(default=None, ge=1)
     deadband: float | None = Field(default=None, ge=0)
+    # Rules engine (docs/rules.md): validity, expected cadence, period aggregates, missing-data policy.
+    validity: ValidityModel | None = None
+    cadence_s: float | None = Field(default=None, gt=0)  # expected reading cadence; default: the poll interval
+    aggregate: AggregateModel | None = None
+    feeds_emissions: bool | None = None  # a point that feeds an emission figure needs a direction
+    direction: Literal["high", "low"] | None = None
+    missing_data: dict[str, Any] | None = None  # selector and parameters, see docs/rules.md
+    rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
     simulate: dict[str, object] | None = None
 
     @field_validator("expect")
@@ -81,6 +89,24 @@ class PointModel(Strict):
         if v is not None and v[0] > v[1]:
             raise ValueError("expect must be [low, high] with low <= high")
         return v
+
+
+class ValidityModel(Strict):
+    """Per-point validity rules; anything left out keeps the default of the instrument kind."""
+
+    range: tuple[float, float] | None = None  # defaults to the instrument's measuring range (same unit family)
+    physical_min: float | None = None
+    physical_max: float | None = None
+    max_rate_per_s: float | None = Field(default=None, ge=0)
+    frozen_count: int | None = Field(default=None, ge=2)
+    frozen_seconds: float | None = Field(default=None, gt=0)
+    calibration_expired: Literal["uncertain", "bad"] = "uncertain"
+
+
+class AggregateModel(Strict):
+    period_s: int = Field(default=3600, ge=60, le=86_400)
+    rule: Literal["mrr", "part75", "fraction"] = "mrr"  # mrr: >= 80 % of possible points; part75: 4 quadrants
+    min_fraction: float | None = Field(default=None, gt=0, le=1)  # for rule: fraction
 
 
 class HealthBit(Strict):

@@ -8,20 +8,34 @@ commits cost ~3.6 us per reading. One process writes a file (a lock file enforce
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.errors import StoreError
-from gateway.model import Reading
-from gateway.store_schema import SCHEMA_VERSION, metadata
+from gateway.model import Calibration, Quality, Reading
+from gateway.store_schema import MIGRATIONS, SCHEMA_VERSION, metadata
 
 KIND_READINGS = "readings"
+DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections")
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A record the rules engine (or a technician) adds: stored append-only and published on its own topic."""
+
+    kind: str
+    instrument: str
+    point: str
+    ts_ms: int
+    body: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class Store:
             raise StoreError(f"{path}: {err}") from None
         self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM readings")
         self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
+        self._next_record_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records")
         self._seq: dict[str, int] = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -104,6 +119,15 @@ class Store:
                 metadata.create_all(conn)
                 conn.exec_driver_sql("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                                      (str(SCHEMA_VERSION),))
+            return
+        while version < SCHEMA_VERSION:
+            # One transaction per step: a crash mid-migration leaves the previous version intact.
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[version - 1]:
+                self._db.execute(statement)
+            version += 1
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         try:
@@ -119,14 +143,14 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------
 
     def commit(self, readings: Sequence[Reading], *, now_ms: int, per_message: int,
-               acked: Iterable[int] = ()) -> int:
+               acked: Iterable[int] = (), derived: Sequence[Derived] = ()) -> int:
         """One transaction: append readings, cut them into per-instrument messages, apply acks.
 
         Returns the number of messages created. Readings of one instrument get consecutive ids so a
         message is a plain id range.
         """
         acked = list(acked)
-        if not readings and not acked:
+        if not readings and not acked and not derived:
             return 0
         by_instrument: dict[str, list[Reading]] = {}
         for r in readings:
@@ -150,10 +174,32 @@ class Store:
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms))
                 mid += 1
             seq_updates[stream] = seq
+        rec_rows: list[tuple[object, ...]] = []
+        recid = self._next_record_id
+        by_stream: dict[tuple[str, str], list[Derived]] = {}
+        for d in derived:
+            by_stream.setdefault((d.instrument, d.kind), []).append(d)
+        for (instrument, kind), items in by_stream.items():
+            stream = f"{instrument}/{kind}"
+            seq = seq_updates.get(stream, self._seq.get(stream, 0))
+            for start in range(0, len(items), per_message):
+                chunk = items[start : start + per_message]
+                first = recid
+                for d in chunk:
+                    rec_rows.append((recid, d.kind, d.instrument, d.point, d.ts_ms,
+                                     json.dumps(d.body, separators=(",", ":"), allow_nan=False), cv, now_ms))
+                    recid += 1
+                seq += 1
+                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms))
+                mid += 1
+            seq_updates[stream] = seq
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            if rows:
+            if rec_rows:
+                db.executemany("INSERT INTO records (id, kind, instrument, point, ts_ms, body, config_version, "
+                               "stored_ms) VALUES (?,?,?,?,?,?,?,?)", rec_rows)
+            if msgs:
                 db.executemany("INSERT INTO readings (id, instrument, point, ts_ms, value, unit, quality, reason, "
                                "calibration, config_version, stored_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
                 db.executemany("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, "
@@ -169,7 +215,7 @@ class Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: commit failed: {err}") from err
-        self._next_reading_id, self._next_message_id = rid, mid
+        self._next_reading_id, self._next_message_id, self._next_record_id = rid, mid, recid
         self._seq.update(seq_updates)
         return len(msgs)
 
@@ -192,6 +238,48 @@ class Store:
             "SELECT id, instrument, point, ts_ms, value, unit, quality, reason, calibration FROM readings "
             "WHERE id BETWEEN ? AND ? ORDER BY id", (first_id, last_id)).fetchall()
         return [StoredReading(*r) for r in rows]
+
+    def records_range(self, first_id: int, last_id: int) -> list[dict[str, object]]:
+        rows = self._db.execute("SELECT body FROM records WHERE id BETWEEN ? AND ? ORDER BY id",
+                                (first_id, last_id)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def message_rows(self, msg: Message) -> list[StoredReading] | list[dict[str, object]]:
+        if msg.kind == KIND_READINGS:
+            return self.readings_range(msg.first_id, msg.last_id)
+        return self.records_range(msg.first_id, msg.last_id)
+
+    def records(self, kind: str, instrument: str, point: str, *, since_ms: int = 0,
+                last: int | None = None) -> list[dict[str, Any]]:
+        """Stored bodies of one kind for one point, oldest first (the rules engine reloads its history);
+        with `last`, only the newest `last` of them."""
+        rows = self._db.execute("SELECT body FROM records WHERE kind = ? AND instrument = ? AND point = ? "
+                                "AND ts_ms >= ? ORDER BY ts_ms DESC, id DESC LIMIT ?",
+                                (kind, instrument, point, since_ms, -1 if last is None else last)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def last_readings(self) -> dict[tuple[str, str], tuple[int, int | None]]:
+        """(instrument, point) -> (newest ts, newest good ts): where each point stood when we last ran."""
+        out: dict[tuple[str, str], tuple[int, int | None]] = {}
+        for inst, point, last in self._db.execute(
+                "SELECT instrument, point, MAX(ts_ms) FROM readings GROUP BY instrument, point").fetchall():
+            out[(inst, point)] = (int(last), None)
+        for inst, point, good in self._db.execute(
+                "SELECT instrument, point, MAX(ts_ms) FROM readings WHERE quality = 'good' AND value IS NOT NULL "
+                "GROUP BY instrument, point").fetchall():
+            out[(inst, point)] = (out[(inst, point)][0], int(good))
+        return out
+
+    def readings_since(self, instrument: str, point: str, ts_ms: int) -> list[Reading]:
+        rows = self._db.execute("SELECT instrument, point, ts_ms, value, unit, quality, reason, calibration "
+                                "FROM readings WHERE instrument = ? AND point = ? AND ts_ms >= ? ORDER BY ts_ms, id",
+                                (instrument, point, ts_ms)).fetchall()
+        return [Reading(i, p, t, v, u, Quality(q), r, Calibration(c)) for i, p, t, v, u, q, r, c in rows]
+
+    def reading_id_at(self, instrument: str, point: str, ts_ms: int) -> int | None:
+        row = self._db.execute("SELECT id FROM readings WHERE instrument = ? AND point = ? AND ts_ms = ? "
+                               "ORDER BY id LIMIT 1", (instrument, point, ts_ms)).fetchone()
+        return int(row[0]) if row else None
 
     def last_reading_ts(self) -> int | None:
         row = self._db.execute("SELECT MAX(ts_ms) FROM readings").fetchone()
@@ -222,6 +310,12 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute("DELETE FROM readings WHERE id < ? AND stored_ms < ?", (bound, older_than_ms))
             db.execute("DELETE FROM messages WHERE id < ? AND created_ms < ?", (msg_bound, older_than_ms))
+            min_pending_rec = db.execute(
+                "SELECT MIN(m.first_id) FROM pending p JOIN messages m ON m.id = p.message_id "
+                "WHERE m.kind != 'readings'").fetchone()[0]
+            rec_bound = min_pending_rec if min_pending_rec is not None else self._next_record_id
+            # Substitutes and aggregates are the reporting basis: kept as long as the raw readings are.
+            db.execute("DELETE FROM records WHERE id < ? AND stored_ms < ?", (rec_bound, older_than_ms))
             db.execute("COMMIT")
         except sqlite3.Error as err:
             if db.in_transaction:

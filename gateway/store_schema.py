@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import BLOB, Column, Float, Index, Integer, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -53,5 +53,28 @@ streams = Table(
     "streams", metadata, Column("stream", Text, primary_key=True), Column("last_seq", Integer, nullable=False)
 )
 
-# Ordered migrations: index i upgrades version i to i+1 (version 0 = empty file).
-MIGRATIONS: list[list[str]] = []
+# Derived records (rules engine output, manual corrections): append-only like readings. A substitute
+# or a correction supersedes an earlier record by adding a new one; nothing is updated in place.
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", Text, nullable=False),  # events | aggregates | substitutes | corrections
+    Column("instrument", Text, nullable=False),
+    Column("point", Text, nullable=False),
+    Column("ts_ms", Integer, nullable=False),  # event time, period start, substituted hour start
+    Column("body", Text, nullable=False),  # the published JSON object
+    Column("config_version", Text, nullable=False),
+    Column("stored_ms", Integer, nullable=False),
+)
+Index("records_by_point", records.c.kind, records.c.instrument, records.c.point, records.c.ts_ms)
+
+# Ordered migrations: MIGRATIONS[v] upgrades a store at version v+1 to v+2 (version 1 = the first release).
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE records (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, instrument TEXT NOT NULL, "
+        "point TEXT NOT NULL, ts_ms INTEGER NOT NULL, body TEXT NOT NULL, config_version TEXT NOT NULL, "
+        "stored_ms INTEGER NOT NULL)",
+        "CREATE INDEX records_by_point ON records (kind, instrument, point, ts_ms)",
+    ],
+]
