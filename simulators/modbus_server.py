@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pymodbus.constants import ExcCodes
@@ -37,9 +37,13 @@ class Faults:
     frozen: bool = False  # values stop changing
     nan: bool = False  # floats read NaN
     status_bits: int = 0  # OR-ed into the profile's health status point (calibration, maintenance...)
+    # RTU framing only (serial, RTU over TCP), applied to outgoing frames by fault_trace():
+    truncated: bool = False  # answer with the first half of the frame (the CRC never arrives)
+    garbled: bool = False  # flip one data byte, so the frame fails its CRC check
 
     def clear(self) -> None:
         self.timeout, self.exception, self.frozen, self.nan, self.status_bits = False, None, False, False, 0
+        self.truncated = self.garbled = False
 
 
 ValueSource = Callable[[float], dict[str, float]]
@@ -132,6 +136,25 @@ class _Context(ModbusServerContext):
         return list(self._sim_devices)
 
 
+def fault_trace(devices: Mapping[int, SimulatedDevice]) -> Callable[[bool, bytes], bytes]:
+    """pymodbus `trace_packet` hook for RTU-framed servers: applies the `truncated` and `garbled`
+    knobs to outgoing frames. Byte 0 of an RTU frame is the unit id; the last two are the CRC."""
+
+    def trace(sending: bool, data: bytes) -> bytes:
+        dev = devices.get(data[0]) if sending and data else None
+        if dev is None:
+            return data
+        if dev.faults.truncated:
+            return data[: max(1, len(data) // 2)]
+        if dev.faults.garbled and len(data) > 3:
+            frame = bytearray(data)
+            frame[-3] ^= 0xFF  # last byte before the CRC: same length, wrong checksum
+            return bytes(frame)
+        return data
+
+    return trace
+
+
 class ModbusMeterServer:
     """One listening endpoint (host:port) with one or more unit ids behind it."""
 
@@ -154,7 +177,9 @@ class ModbusMeterServer:
     async def _listen(self) -> None:
         # ignore_missing_devices: an unknown unit id times out, like a silent device behind a gateway.
         self._server = ModbusTcpServer(_Context(self.devices), address=(self.host, self.port),
-                                       framer=self._framer, ignore_missing_devices=True)
+                                       framer=self._framer, ignore_missing_devices=True,
+                                       trace_packet=fault_trace(self.devices) if self._framer is FramerType.RTU
+                                       else None)
         await self._server.serve_forever(background=True)
 
     async def _unlisten(self) -> None:

@@ -28,6 +28,15 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _reraise_lost_cancel() -> None:
+    """Python 3.11's asyncio.wait_for, which pymodbus awaits each response with, drops a cancellation
+    that arrives just as the response completes (CPython gh-86296); the task still counts it. Re-raise
+    it, or a cancelled poller would keep polling and shutdown would wait for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ModbusDeviceLike(Protocol):
     """What the driver needs to know about one device (gateway.instruments.ModbusDevice fits)."""
 
@@ -115,6 +124,8 @@ class ModbusConnection:
             self.stats.failures += 1
             await self.close()
             raise TransientDriverError(f"{self.name} unit {device.unit_id}: {err}") from err
+        finally:
+            _reraise_lost_cancel()
         ts = self._clock()
         if resp.isError():
             self.stats.failures += 1
