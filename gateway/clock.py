@@ -44,14 +44,19 @@ class ScaledClock:
         if scale <= 0:
             raise ValueError("time scale must be positive")
         self.scale = scale
-        self._real0 = time.monotonic()
+        self._real0: float | None = None  # anchored at first use, so start-up time is not plant time
         self._origin_ms = origin_ms if origin_ms is not None else time.time_ns() // 1_000_000
 
+    def _elapsed(self) -> float:
+        if self._real0 is None:
+            self._real0 = time.monotonic()
+        return (time.monotonic() - self._real0) * self.scale
+
     def wall_ms(self) -> int:
-        return self._origin_ms + int((time.monotonic() - self._real0) * self.scale * 1000)
+        return self._origin_ms + int(self._elapsed() * 1000)
 
     def monotonic(self) -> float:
-        return (time.monotonic() - self._real0) * self.scale
+        return self._elapsed()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.scale)

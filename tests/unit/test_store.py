@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import StoreError
 from gateway.model import Calibration, Quality, Reading
-from gateway.store import Store
+from gateway.store import Derived, Store
 
 
 def reading(instrument: str, i: int, value: float | None = 1.0) -> Reading:
@@ -119,4 +119,34 @@ def test_seq_invariants(tmp_path_factory: pytest.TempPathFactory, batches: list[
         mine = [m for m in msgs if m.instrument == inst]
         assert [m.seq for m in mine] == list(range(1, len(mine) + 1))
         assert sum(m.last_id - m.first_id + 1 for m in mine) == n
+    store.close()
+
+
+def test_migrates_a_version_1_store_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.commit([reading("A", i) for i in range(3)], now_ms=1, per_message=10)
+    store.close()
+    with sqlite3.connect(path) as db:  # what a first-release (schema 1) store looks like
+        db.execute("DROP TABLE records")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    store = Store(path)
+    assert len(store.pending()) == 1  # the undelivered message survived the migration
+    store.commit([], now_ms=2, per_message=10,
+                 derived=[Derived("events", "A", "p0", 5, {"type": "gap_open", "start_ms": 5})])
+    assert store.records("events", "A", "p0") == [{"type": "gap_open", "start_ms": 5}]
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+
+
+def test_derived_records_get_their_own_gapless_seq(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    d = [Derived("aggregates", "A", "p0", i, {"i": i}) for i in range(5)]
+    store.commit([reading("A", 0)], now_ms=1, per_message=2, derived=d)
+    msgs = store.pending(limit=10)
+    assert sorted((m.kind, m.seq) for m in msgs) == [("aggregates", 1), ("aggregates", 2), ("aggregates", 3),
+                                                     ("readings", 1)]
+    bodies = [b for m in msgs if m.kind == "aggregates" for b in store.message_rows(m)]
+    assert bodies == [{"i": i} for i in range(5)]
     store.close()
