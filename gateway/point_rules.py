@@ -96,4 +96,7 @@ def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: R
         totalizer = TotalizerConfig(max_interval_ms=cadence_ms * 3 // 2, rollover_at=p.rollover_at)
     if errors:
         return None, errors
-    return PointRules(base, GapRules(cadence_ms), cadence_ms, period_ms, rule, policy, totalizer, feeds), []
+    if p.gap_after_s is not None and p.gap_after_s * 1000 < cadence_ms:
+        return None, [("gap_after_s", "must not be shorter than the cadence")]
+    grace = None if p.gap_after_s is None else round(p.gap_after_s * 1000) - cadence_ms
+    return PointRules(base, GapRules(cadence_ms, grace), cadence_ms, period_ms, rule, policy, totalizer, feeds), []

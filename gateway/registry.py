@@ -94,7 +94,7 @@ def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileMode
 
 _FIELDS = ("table", "address", "type", "order", "scale", "offset", "device_unit", "unit", "totalizer",
            "description", "expect", "simulate", "node_id", "mode", "sampling_interval_ms", "queue_size", "deadband",
-           "validity", "cadence_s", "aggregate", "feeds_emissions", "direction", "missing_data", "rollover_at")
+           "validity", "cadence_s", "gap_after_s", "aggregate", "feeds_emissions", "direction", "missing_data", "rollover_at")
 
 
 def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[tuple[PointModel, bool]]:

@@ -76,6 +76,7 @@ class PointModel(Strict):
     # Rules engine (docs/rules.md): validity, expected cadence, period aggregates, missing-data policy.
     validity: ValidityModel | None = None
     cadence_s: float | None = Field(default=None, gt=0)  # expected reading cadence; default: the poll interval
+    gap_after_s: float | None = Field(default=None, gt=0)  # no valid reading this long opens a gap (1.5 cadences)
     aggregate: AggregateModel | None = None
     feeds_emissions: bool | None = None  # a point that feeds an emission figure needs a direction
     direction: Literal["high", "low"] | None = None
