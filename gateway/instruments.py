@@ -60,6 +60,7 @@ class InstrumentSpec:
     device: ModbusDevice | OpcUaDevice
     source_file: str
     point_index: dict[str, PointSpec] = field(default_factory=dict)
+    connection_line: int | None = None  # where `connection` is written, for cross-instrument errors
 
     @property
     def connection(self) -> Connection:

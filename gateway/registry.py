@@ -92,9 +92,7 @@ def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileMode
     return profiles, trees, errors
 
 
-_FIELDS = ("table", "address", "type", "order", "scale", "offset", "device_unit", "unit", "totalizer",
-           "description", "expect", "simulate", "node_id", "mode", "sampling_interval_ms", "queue_size", "deadband",
-           "validity", "cadence_s", "gap_after_s", "aggregate", "feeds_emissions", "direction", "missing_data", "rollover_at")
+_FIELDS = tuple(f for f in PointModel.model_fields if f != "name")  # what an instrument may override
 
 
 def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[tuple[PointModel, bool]]:
@@ -196,6 +194,7 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
                               f"{dev_key[0]} unit {dev_key[1]} is already used by instrument {seen_devices[dev_key]}")
                 seen_devices[dev_key] = inst.id
             specs.append(spec)
+    errors.extend(_shared_bus_timing(specs))
     if errors:
         raise ConfigErrors(errors)
     version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
@@ -350,7 +349,30 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
                           timeout_s=inst.connection.timeout_s, requests=requests)
     return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=tuple(health),
                           calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
-                          point_index={p.name: p for p in points})
+                          point_index={p.name: p for p in points},
+                          connection_line=ctx.line(("connection", "timeout_s")))
+
+
+def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
+    """On one RS-485 bus a silent meter holds the line for its whole timeout. If that timeout is not
+    shorter than another meter's poll interval, one dead meter costs the healthy ones whole polls."""
+    errors: list[ConfigError] = []
+    buses: dict[str, list[InstrumentSpec]] = {}
+    for s in specs:
+        if s.polled and s.connection.protocol == "modbus_rtu":
+            buses.setdefault(s.connection.endpoint, []).append(s)
+    for members in buses.values():
+        for s in members:
+            others = [o for o in members if o is not s]
+            if not others:
+                continue
+            fastest = min(others, key=lambda o: o.poll_interval_s)
+            if s.connection.timeout_s >= fastest.poll_interval_s:
+                errors.append(ConfigError(
+                    f"timeout {s.connection.timeout_s:g} s is not below the {fastest.poll_interval_s:g} s poll "
+                    f"interval of {fastest.id} on the same bus: a silent {s.id} would cost it whole polls",
+                    file=s.source_file, line=s.connection_line, field=f"instruments.{s.id}.connection.timeout_s"))
+    return errors
 
 
 def _secret(sec: Any, file_key: str, env_key: str, ctx: _Ctx) -> str | None:

@@ -149,3 +149,36 @@ def test_bad_gateway_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["validate", "--config", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert re.search(r"gateway\.yaml:2: mqtt\.url: .*mqtt://host:port", err)
+
+
+def test_shared_bus_timeout_must_be_below_the_others_poll_interval(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    text = """\
+instruments:
+  - id: FT-01
+    name: flow
+    kind: flow_meter
+    profile: siemens_mag6000
+    only_points: [volume_flow]
+    connection: {protocol: modbus_rtu, port: /dev/ttyUSB0, unit_id: 1, timeout_s: 0.5}
+    poll_interval_s: 1
+  - id: FT-02
+    name: flow 2
+    kind: flow_meter
+    profile: siemens_mag6000
+    only_points: [volume_flow]
+    connection:
+      protocol: modbus_rtu
+      port: /dev/ttyUSB0
+      unit_id: 2
+      timeout_s: 1.5
+    poll_interval_s: 5
+"""
+    rc, lines = run_validate(tmp_path, text, capsys)
+    assert rc == 2
+    assert len(lines) == 1, lines
+    m = LINE.match(lines[0])
+    assert m is not None
+    assert m["field"] == "instruments.FT-02.connection.timeout_s"
+    assert int(m["line"]) == 18
+    assert "poll interval of FT-01" in m["msg"]
