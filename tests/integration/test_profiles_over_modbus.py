@@ -58,11 +58,11 @@ def instruments_yaml(port: int) -> str:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, ports: tuple[int, int, int]):  # noqa: ANN201
+def cfg(tmp_path: Path, ports: tuple[int, int, int]):
     return load_config(write_config(tmp_path, instruments_yaml(ports[0])))
 
 
-async def test_six_profiles_decode_to_documented_values(cfg) -> None:  # noqa: ANN001
+async def test_six_profiles_decode_to_documented_values(cfg) -> None:
     servers = build_servers(cfg)
     (server, devices), = servers.values()
     (specs,) = group_by_endpoint(cfg.instruments).values()
@@ -96,7 +96,7 @@ async def test_six_profiles_decode_to_documented_values(cfg) -> None:  # noqa: A
         await server.stop()
 
 
-async def test_marsic_status_bits_mark_readings(cfg) -> None:  # noqa: ANN001
+async def test_marsic_status_bits_mark_readings(cfg) -> None:
     servers = build_servers(cfg)
     (server, devices), = servers.values()
     spec = next(s for s in cfg.instruments if s.profile == "sick_marsic300")

@@ -53,7 +53,7 @@ def hour(i: int) -> int:
     return ORIGIN_MS + i * H
 
 
-async def wait_until(predicate, timeout_s: float) -> bool:  # noqa: ANN001
+async def wait_until(predicate, timeout_s: float) -> bool:
     for _ in range(int(timeout_s / 0.05)):
         if predicate():
             return True
