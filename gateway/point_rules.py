@@ -77,7 +77,12 @@ def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: R
         rule = PeriodRule.mrr()
     feeds = bool(p.feeds_emissions)
     policy = None
-    if p.missing_data is not None or feeds:
+    if p.totalizer and (p.missing_data is not None or feeds):
+        # A counter's gaps are recovered from its difference; only a reset leaves consumption unknown, and
+        # substituting that is not supported yet: say so rather than accept a policy that never runs.
+        errors.append(("missing_data", "totalizer points are recovered from the counter difference; "
+                                       "missing_data/feeds_emissions are not supported on totalizers"))
+    elif p.missing_data is not None or feeds:
         config = {**(p.missing_data or {})}
         if p.direction is not None:
             config.setdefault("direction", p.direction)

@@ -9,6 +9,7 @@ right availability.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from gateway.registry import load_config
 from simulators.broker import PrivateBroker
@@ -124,6 +126,12 @@ async def test_two_hour_outage_gives_events_substitutes_and_aggregates(
         assert f["trace"]["citation"]
         assert f["trace"]["method_code"]
 
+    # Every payload matches its published JSON Schema.
+    schemas = Path(__file__).resolve().parents[2] / "docs" / "schema"
+    for kind in ("aggregates", "substitutes", "events"):
+        validator = Draft202012Validator(json.loads((schemas / f"{kind}.schema.json").read_text()))
+        for body in recorder.by_topic_suffix(f"/{kind}"):
+            validator.validate(body)
     # Every stream of derived records is itself gapless per instrument.
     for suffix in ("/aggregates", "/substitutes", "/events"):
         assert seqs_without_holes(dedup_by_seq(recorder.by_topic_suffix(suffix)), "CEMS-01"), suffix
