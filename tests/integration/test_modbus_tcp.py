@@ -167,3 +167,30 @@ async def test_units_behind_one_gateway_share_a_connection(tmp_path: Path, ports
     finally:
         await conn.close()
         await stop(servers)
+
+
+async def test_frozen_knob_is_flagged_by_the_frozen_value_rule(tmp_path: Path, ports: tuple[int, int, int]) -> None:
+    from gateway.rules_stage import RulesStage
+    from gateway.tagging import tag
+
+    text = three_meters(ports).replace(
+        "    profile: cems_generic\n",
+        "    profile: cems_generic\n    points:\n      - {name: co2, validity: {frozen_count: 3}}\n")
+    cfg = load_config(write_config(tmp_path, text))
+    servers = await start(cfg)
+    spec = cfg.instrument("CEMS-01")
+    conn = make_connection(spec, SystemClock())
+    stage = RulesStage([spec], now_ms=SystemClock().wall_ms())
+    try:
+        device(servers, "CEMS-01").faults.frozen = True
+        judged = []
+        for _ in range(4):
+            readings, _ = stage.process(tag(spec, await conn.read(spec.device)))
+            judged.append(next(r for r in readings if r.point == "co2"))
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+        await stop(servers)
+    assert len({r.value for r in judged}) == 1  # the simulator really froze
+    assert [r.quality for r in judged] == [Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.UNCERTAIN]
+    assert judged[-1].reason == "frozen"
