@@ -73,6 +73,8 @@ class Gateway:
                              backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s)
             for specs in group_by_endpoint(cfg.instruments).values()
         ]
+        for line in cfg.warnings:
+            log.warning("%s", line)
         ua_specs = [s for s in cfg.instruments if s.polled and s.is_opcua]
         if ua_specs:
             from drivers.opcua.driver import OpcUaDriver

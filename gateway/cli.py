@@ -116,6 +116,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             if problems:
                 return EXIT_CONFIG
+        for line in cfg.warnings:
+            print(line, file=sys.stderr)
         n = len(cfg.instruments)
         print(f"{args.config}: ok ({n} instruments, config version {cfg.version})")
         return EXIT_OK

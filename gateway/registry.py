@@ -38,6 +38,7 @@ class Config:
     settings: Settings
     instruments: tuple[InstrumentSpec, ...]
     version: str  # hash of every config byte that shapes the data; stored with each reading
+    warnings: tuple[str, ...] = ()  # legal but risky settings, one `file:line: field: warning: ...` line each
 
     def instrument(self, instrument_id: str) -> InstrumentSpec:
         for spec in self.instruments:
@@ -194,11 +195,12 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
                               f"{dev_key[0]} unit {dev_key[1]} is already used by instrument {seen_devices[dev_key]}")
                 seen_devices[dev_key] = inst.id
             specs.append(spec)
-    errors.extend(_shared_bus_timing(specs))
     if errors:
         raise ConfigErrors(errors)
+    warnings = tuple(w.one_line() for w in _shared_bus_timing(specs))
     version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
-    return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version)
+    return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version,
+                  warnings=warnings)
 
 
 class _Ctx:
@@ -355,7 +357,8 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
 
 def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
     """On one RS-485 bus a silent meter holds the line for its whole timeout. If that timeout is not
-    shorter than another meter's poll interval, one dead meter costs the healthy ones whole polls."""
+    shorter than another meter's poll interval, one dead meter costs the healthy ones whole polls
+    (counted as missed polls). Legal, so a warning, not an error."""
     errors: list[ConfigError] = []
     buses: dict[str, list[InstrumentSpec]] = {}
     for s in specs:
@@ -369,7 +372,7 @@ def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
             fastest = min(others, key=lambda o: o.poll_interval_s)
             if s.connection.timeout_s >= fastest.poll_interval_s:
                 errors.append(ConfigError(
-                    f"timeout {s.connection.timeout_s:g} s is not below the {fastest.poll_interval_s:g} s poll "
+                    f"warning: timeout {s.connection.timeout_s:g} s is not below the {fastest.poll_interval_s:g} s poll "
                     f"interval of {fastest.id} on the same bus: a silent {s.id} would cost it whole polls",
                     file=s.source_file, line=s.connection_line, field=f"instruments.{s.id}.connection.timeout_s"))
     return errors

@@ -151,7 +151,7 @@ def test_bad_gateway_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert re.search(r"gateway\.yaml:2: mqtt\.url: .*mqtt://host:port", err)
 
 
-def test_shared_bus_timeout_must_be_below_the_others_poll_interval(tmp_path: Path,
+def test_shared_bus_timeout_above_the_others_poll_interval_is_warned(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     text = """\
 instruments:
@@ -175,10 +175,11 @@ instruments:
     poll_interval_s: 5
 """
     rc, lines = run_validate(tmp_path, text, capsys)
-    assert rc == 2
+    assert rc == 0  # legal: a silent FT-02 costs FT-01 polls, which are counted as missed
     assert len(lines) == 1, lines
     m = LINE.match(lines[0])
     assert m is not None
     assert m["field"] == "instruments.FT-02.connection.timeout_s"
     assert int(m["line"]) == 18
+    assert m["msg"].startswith("warning: timeout 1.5 s")
     assert "poll interval of FT-01" in m["msg"]
