@@ -372,8 +372,9 @@ def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
             fastest = min(others, key=lambda o: o.poll_interval_s)
             if s.connection.timeout_s >= fastest.poll_interval_s:
                 errors.append(ConfigError(
-                    f"warning: timeout {s.connection.timeout_s:g} s is not below the {fastest.poll_interval_s:g} s poll "
-                    f"interval of {fastest.id} on the same bus: a silent {s.id} would cost it whole polls",
+                    f"warning: timeout {s.connection.timeout_s:g} s is not below the "
+                    f"{fastest.poll_interval_s:g} s poll interval of {fastest.id} on the same bus: "
+                    f"a silent {s.id} would cost it whole polls",
                     file=s.source_file, line=s.connection_line, field=f"instruments.{s.id}.connection.timeout_s"))
     return errors
 
