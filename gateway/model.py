@@ -16,6 +16,22 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
+class InstrumentKind(StrEnum):
+    FLOW_METER = "flow_meter"
+    GAS_ANALYZER = "gas_analyzer"
+    POWER_METER = "power_meter"
+    OTHER = "other"
+
+
+class NE107(StrEnum):
+    """NAMUR NE 107 device status categories (normal is the absence of all four)."""
+
+    FAILURE = "failure"
+    CHECK_FUNCTION = "check_function"
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    MAINTENANCE_REQUIRED = "maintenance_required"
+
+
 class Calibration(StrEnum):
     VALID = "valid"
     DUE_SOON = "due_soon"

@@ -10,17 +10,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.modbus.spec import DataType, Table, WordOrder
+from gateway.model import NE107
+from gateway.model import InstrumentKind as Kind
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Kind(StrEnum):
-    FLOW_METER = "flow_meter"
-    GAS_ANALYZER = "gas_analyzer"
-    POWER_METER = "power_meter"
-    OTHER = "other"
 
 
 class Lifecycle(StrEnum):
@@ -43,13 +38,6 @@ class SourceCategory(StrEnum):
     PURCHASED_ELECTRICITY_HEAT = "purchased_electricity_heat"
     CARBON_IN_PRODUCTS = "carbon_in_products"
     OTHER = "other"
-
-
-class NE107(StrEnum):
-    FAILURE = "failure"
-    CHECK_FUNCTION = "check_function"
-    OUT_OF_SPECIFICATION = "out_of_specification"
-    MAINTENANCE_REQUIRED = "maintenance_required"
 
 
 class PointModel(Strict):

@@ -31,10 +31,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import NamedTuple
 
-from gateway.model import REASON_CALIBRATION, REASON_MAINTENANCE, REASON_NAN, REASON_OK, Calibration, Quality
+from gateway.model import NE107 as Ne107  # the rules' historical spelling
+from gateway.model import (
+    REASON_CALIBRATION,
+    REASON_MAINTENANCE,
+    REASON_NAN,
+    REASON_OK,
+    Calibration,
+    InstrumentKind,
+    Quality,
+)
 
 REASON_NO_VALUE = "no_value"
 REASON_INFINITE = "infinite"
@@ -51,22 +59,6 @@ REASON_DEVICE_OUT_OF_SPEC = "device_out_of_specification"
 REASON_DEVICE_MAINTENANCE_REQUIRED = "device_maintenance_required"
 
 _SEVERITY = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
-
-
-class InstrumentKind(StrEnum):
-    FLOW_METER = "flow_meter"
-    GAS_ANALYZER = "gas_analyzer"
-    POWER_METER = "power_meter"
-    OTHER = "other"
-
-
-class Ne107(StrEnum):
-    """NAMUR NE 107 device status categories."""
-
-    FAILURE = "failure"
-    CHECK_FUNCTION = "check_function"
-    OUT_OF_SPECIFICATION = "out_of_specification"
-    MAINTENANCE_REQUIRED = "maintenance_required"
 
 
 @dataclass(frozen=True, slots=True)
