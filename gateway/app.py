@@ -97,17 +97,26 @@ class Gateway:
         writer = asyncio.create_task(self._write(queue, store, forwarder), name="writer")
         pruner = asyncio.create_task(self._prune(store), name="pruner")
         stopper = asyncio.create_task(stop.wait(), name="stop signal")
+        auth = asyncio.create_task(self._first_connect(forwarder), name="broker login check")
         try:
-            auth_error = await self._first_connect(forwarder)
-            if auth_error is not None:
-                raise PublishError(auth_error)
-            done, _ = await asyncio.wait([stopper, writer], timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
-                writer.result()  # a store failure is fatal: surface it
+            deadline = None if duration_s is None else loop.time() + duration_s
+            waiting: set[asyncio.Task[Any]] = {stopper, writer, auth}
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done or stopper in done:
+                    break  # --duration elapsed, or SIGINT/SIGTERM
+                if writer in done:
+                    writer.result()  # a store failure is fatal: surface it
+                    break
+                if auth in done:
+                    waiting.discard(auth)
+                    if auth.result() is not None:
+                        raise PublishError(auth.result())  # e.g. bad credentials: exit 3, one line
         finally:
-            for t in [*tasks, pruner, stopper]:
+            for t in [*tasks, pruner, stopper, auth]:
                 t.cancel()
-            await asyncio.gather(*tasks, pruner, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, pruner, stopper, auth, return_exceptions=True)
             for _spec, drv in self.subscribers:
                 await drv.close()
             writer.cancel()

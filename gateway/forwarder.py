@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -96,6 +97,7 @@ class Forwarder:
         topic = status_topic(s.topic_prefix, self.gateway_id)
         client.will_set(topic, status_payload("offline", self.gateway_id, reason="connection_lost"), qos=1, retain=True)
         client.on_connect = self._paho_connect
+        client.on_connect_fail = self._paho_connect_fail
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
         return client
@@ -104,6 +106,12 @@ class Forwarder:
     def _paho_connect(self, _c: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Any) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._on_connect, str(rc), rc.is_failure)
+
+    def _paho_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this from inside its `except OSError` block, so the cause is still at hand.
+        err = sys.exc_info()[1]
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_connect_fail, err)
 
     def _paho_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         assert self._loop is not None
@@ -145,6 +153,17 @@ class Forwarder:
             self._client.publish(meta_topic(prefix, self.gateway_id, instrument),
                                  meta_payload(self.gateway_id, meta, self._config_version), qos=1, retain=True)
         self._wake.set()
+
+    def _on_connect_fail(self, err: BaseException | None) -> None:
+        why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err or "unknown error")
+        line = f"{self._where()}: cannot connect: {why}"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            line = f"{self._where()}: TLS certificate not trusted ({err.verify_message}); check mqtt.tls.ca_file"
+            if self.first_connect is not None and not self.first_connect.done():
+                self.first_connect.set_result(line)  # a commissioning error: retrying cannot fix it
+        if self.stats.last_error != line:
+            log.error("%s (readings stay in the store; retrying)", line)
+        self.stats.last_error = line
 
     def _on_disconnect(self, reason: str) -> None:
         if self.stats.connected and not self._closing:

@@ -27,7 +27,8 @@ class MosquittoNotFound(RuntimeError):
 
 class PrivateBroker:
     def __init__(self, *, port: int | None = None, users: dict[str, str] | None = None,
-                 persistence_dir: Path | None = None) -> None:
+                 persistence_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA certificate, server certificate, server key) PEM files: the listener speaks TLS only."""
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
         if binary is None:
@@ -36,12 +37,13 @@ class PrivateBroker:
         self.port = port or free_port()
         self.users = users
         self.persistence_dir = persistence_dir
+        self.tls = tls
         self._tmp = tempfile.TemporaryDirectory(prefix="carbon-broker-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
         tmp = Path(self._tmp.name)
@@ -49,6 +51,9 @@ class PrivateBroker:
                  # As root, mosquitto would switch to the `mosquitto` user and lose access to our temp files.
                  *(["user root"] if os.geteuid() == 0 else []), "max_inflight_messages 0", "max_queued_messages 0",
                  f"log_dest file {tmp / 'mosquitto.log'}"]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
         if self.persistence_dir is not None:
             lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
         else:
