@@ -30,6 +30,8 @@ from gateway.tagging import tag
 log = logging.getLogger("gateway.app")
 
 AUTH_CHECK_S = 10.0  # how long `run` waits for the broker's first answer before going on regardless
+SHUTDOWN_WAIT_S = 5.0
+WRITE_CHUNK = 2_000  # readings per transaction at most (~40 ms of rules + commit on this machine)
 
 
 def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[InstrumentSpec]]:
@@ -116,11 +118,15 @@ class Gateway:
         finally:
             for t in [*tasks, pruner, stopper, auth]:
                 t.cancel()
-            await asyncio.gather(*tasks, pruner, stopper, auth, return_exceptions=True)
+            # Bounded: a task that ignores its cancellation must not keep the gateway from committing
+            # what is queued and exiting.
+            _done, stuck = await asyncio.wait([*tasks, pruner, stopper, auth], timeout=SHUTDOWN_WAIT_S)
+            for t in stuck:
+                log.error("task %s did not stop within %.0f s; exiting without it", t.get_name(), SHUTDOWN_WAIT_S)
             for _spec, drv in self.subscribers:
                 await drv.close()
             writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.wait([writer], timeout=SHUTDOWN_WAIT_S)
             # Nothing polled is lost on a clean stop: commit what is still queued.
             store.commit(queue.take(len(queue)), now_ms=self.clock.wall_ms(),
                          per_message=st.mqtt.readings_per_message, acked=forwarder.take_acks())
@@ -146,7 +152,8 @@ class Gateway:
         if forwarder.first_connect is None:
             return None
         try:
-            return await asyncio.wait_for(asyncio.shield(forwarder.first_connect), AUTH_CHECK_S)
+            async with asyncio.timeout(AUTH_CHECK_S):
+                return await asyncio.shield(forwarder.first_connect)
         except TimeoutError:
             return None  # broker unreachable: keep polling and storing, the forwarder keeps retrying
 
@@ -174,9 +181,14 @@ class Gateway:
         next_inbox = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await queue.wait(interval)
-            await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
-            readings, derived = rules.process(queue.take(st.limits.queue_readings))
+            if len(queue) < WRITE_CHUNK:
+                await queue.wait(interval)
+                await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
+            else:
+                await asyncio.sleep(0)  # behind: commit the next chunk at once, but let pollers run between
+            # Bounded chunks keep each synchronous stretch (rules + commit) short, so the pollers' schedules
+            # hold even when a backlog builds up.
+            readings, derived = rules.process(queue.take(WRITE_CHUNK))
             now = self.clock.wall_ms()
             derived += rules.tick(now)
             ingested: list[Any] = []

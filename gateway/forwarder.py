@@ -253,7 +253,10 @@ class Forwarder:
         next_status = time.monotonic() + self.settings.status_interval_s
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296),
+                # which hung shutdown under load.
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

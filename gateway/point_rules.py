@@ -42,8 +42,21 @@ def _range_in(unit: str, measuring_range: Range | None) -> tuple[float | None, f
     return conv.apply(measuring_range.min), conv.apply(measuring_range.max)
 
 
+def default_gap_grace_ms(cadence_ms: int, timeout_s: float, *, change_driven: bool) -> int:
+    """How late a reading may be before a gap opens, when the point does not say (`gap_after_s`).
+
+    Half a cadence alone would call every poll delayed by a slow meter or a busy store a gap, and flood
+    the ledger exactly when the gateway is under load; a poll may legitimately be late by its timeout
+    plus a commit. Change-driven points (OPC UA subscriptions) send nothing while the value holds, so
+    they get at least a minute.
+    """
+    grace = max(cadence_ms // 2, round(timeout_s * 1000) + 250)
+    return max(grace, 60_000) if change_driven else grace
+
+
 def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: Range | None,
-                        poll_interval_s: float) -> tuple[PointRules | None, list[tuple[str, str]]]:
+                        poll_interval_s: float, *, timeout_s: float = 1.0,
+                        change_driven: bool = False) -> tuple[PointRules | None, list[tuple[str, str]]]:
     """(rules, [(sub-field, message)]). Errors name the point field they come from."""
     errors: list[tuple[str, str]] = []
     v = p.validity
@@ -103,5 +116,6 @@ def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: R
         return None, errors
     if p.gap_after_s is not None and p.gap_after_s * 1000 < cadence_ms:
         return None, [("gap_after_s", "must not be shorter than the cadence")]
-    grace = None if p.gap_after_s is None else round(p.gap_after_s * 1000) - cadence_ms
+    grace = (default_gap_grace_ms(cadence_ms, timeout_s, change_driven=change_driven) if p.gap_after_s is None
+             else round(p.gap_after_s * 1000) - cadence_ms)
     return PointRules(base, GapRules(cadence_ms, grace), cadence_ms, period_ms, rule, policy, totalizer, feeds), []

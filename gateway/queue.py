@@ -37,7 +37,8 @@ class ReadingQueue:
         if self._items:
             return
         try:
-            await asyncio.wait_for(self._not_empty.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation on 3.11
+                await self._not_empty.wait()
         except TimeoutError:
             pass
 

@@ -296,7 +296,9 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         poll_s = inst.poll_interval_s or (inst.connection.publishing_interval_ms / 1000 if is_opcua
                                           and (p.mode or "subscribe") == "subscribe" else
                                           settings.limits.default_poll_interval_s)
-        rules, rule_errors = compile_point_rules(inst.kind, p, unit, inst.measuring_range, poll_s)  # type: ignore[arg-type]
+        subscribed = is_opcua and (p.mode or "subscribe") == "subscribe"
+        rules, rule_errors = compile_point_rules(inst.kind, p, unit, inst.measuring_range, poll_s,  # type: ignore[arg-type]
+                                                 timeout_s=inst.connection.timeout_s, change_driven=subscribed)
         for sub, message in rule_errors:
             ctx.error(loc + tuple(sub.split(".")) if own else loc, f"{field}.{sub}", message)
         if rules is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.instruments import InstrumentSpec, PointSpec
@@ -127,9 +127,9 @@ class RulesStage:
             res = check(r.value, r.ts_ms, st.validity, st.rules.validity, calibration=r.calibration)
             st.validity = res.state
             if _SEVERITY[res.quality] > _SEVERITY[r.quality]:
-                r = replace(r, quality=res.quality, reason=res.reason)
+                r = r._replace(quality=res.quality, reason=res.reason)
             elif res.reason and not r.reason and res.quality is r.quality:
-                r = replace(r, reason=res.reason)
+                r = r._replace(reason=res.reason)
             out.append(r)
             st.gap, events = gaps.feed_reading(st.gap, r, st.rules.gaps)
             derived.extend(self._event(e) for e in events)

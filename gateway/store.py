@@ -167,8 +167,8 @@ class Store:
                 chunk = items[start : start + per_message]
                 first = rid
                 for r in chunk:
-                    rows.append((rid, r.instrument, r.point, r.ts_ms, r.value, r.unit, r.quality.value, r.reason,
-                                 r.calibration.value, cv, now_ms))
+                    rows.append((rid, r.instrument, r.point, r.ts_ms, r.value, r.unit, r.quality, r.reason,
+                                 r.calibration, cv, now_ms))  # StrEnums bind as their text
                     rid += 1
                 seq += 1
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms))

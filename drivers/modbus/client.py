@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.modbus.decode import decode_request
+from drivers.modbus.decode import cached_decoder
 from drivers.modbus.spec import ReadRequest, Table
 from gateway.errors import DecodeError, TransientDriverError
 from gateway.model import REASON_TIMEOUT, Quality, RawSample
@@ -65,6 +65,7 @@ class ModbusConnection:
         self._lock = asyncio.Lock()
         self._delay = inter_request_delay_s
         self.stats = ConnectionStats()
+        self._plans: dict[int, tuple[ReadRequest, list[tuple[str, int, Callable[[Sequence[int], int], float]]]]] = {}
 
     @property
     def connected(self) -> bool:
@@ -132,11 +133,26 @@ class ModbusConnection:
             code = getattr(resp, "exception_code", 0)
             reason = f"modbus_exception_{int(code):02x}"
             return [RawSample(p.name, ts, None, Quality.BAD, reason) for p in req.points]
-        regs: Sequence[int] = resp.bits if req.table.is_bits else resp.registers
+        regs: Sequence[int] = [int(b) for b in resp.bits] if req.table.is_bits else resp.registers
+        got = len(regs)
+        if got < req.count or (got != req.count and not req.table.is_bits):
+            self.stats.failures += 1
+            return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
+        out = []
         try:
-            decoded = decode_request(req, [int(b) for b in regs] if req.table.is_bits else regs)
+            for name, offset, decode in self._decoders(req):
+                v = decode(regs, offset)
+                out.append(RawSample(name, ts, v) if math.isfinite(v) else RawSample(name, ts, v, Quality.BAD, "nan"))
         except DecodeError:
             self.stats.failures += 1
             return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
-        return [RawSample(p.name, ts, v) if math.isfinite(v) else RawSample(p.name, ts, v, Quality.BAD, "nan")
-                for p, v in decoded]
+        return out
+
+    def _decoders(self, req: ReadRequest) -> list[tuple[str, int, Callable[[Sequence[int], int], float]]]:
+        """(name, offset, decoder) per point of a planned request, resolved on first use: hashing every
+        ModbusPoint for the decoder cache on every poll cost ~4 us a request (bench)."""
+        entry = self._plans.get(id(req))
+        if entry is None or entry[0] is not req:
+            entry = (req, [(p.name, p.address - req.address, cached_decoder(p)) for p in req.points])
+            self._plans[id(req)] = entry
+        return entry[1]
