@@ -35,6 +35,7 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
     parsed = urlparse(url)
     views: dict[str, InstrumentView] = {}
     status: dict[str, str] = {}
+    derived: dict[str, int] = {}
     lock = threading.Lock()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -45,6 +46,8 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
         with lock:
             if msg.topic.endswith("/status"):
                 status[body.get("gateway", "?")] = body.get("state", "?")
+            elif (kind := msg.topic.rsplit("/", 1)[-1]) in ("events", "aggregates", "substitutes", "corrections"):
+                derived[kind] = derived.get(kind, 0) + len(body.get(kind, []))
             elif msg.topic.endswith("/readings"):
                 v = views.setdefault(body["instrument"], InstrumentView())
                 if body["seq"] in v.seqs:
@@ -70,6 +73,8 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
             time.sleep(1.0)
             with lock:
                 table = _render(views, status, time.monotonic() - start)
+                if derived:
+                    table += "\nrules engine: " + ", ".join(f"{k} {v}" for k, v in sorted(derived.items()))
                 done = until_instruments and sum(1 for v in views.values() if v.readings) >= until_instruments
             print(("\033[2J\033[H" if tty else "") + table, flush=True)
             if done:

@@ -78,7 +78,9 @@ def build_servers(cfg: Config, *, seed: int = 1) -> dict[str, tuple[ModbusMeterS
         if spec.is_opcua or not conn.is_loopback:
             continue
         if conn.endpoint not in servers:
-            servers[conn.endpoint] = (ModbusMeterServer(conn.host, conn.port, {}), {})
+            # A serial device server in front of RTU meters speaks RTU frames over TCP.
+            server = ModbusMeterServer(conn.host, conn.port, {}, rtu_framing=conn.protocol == "modbus_rtu_over_tcp")
+            servers[conn.endpoint] = (server, {})
         server, by_id = servers[conn.endpoint]
         dev = simulated_device(spec, seed=seed + i)
         server.devices[conn.unit_id] = dev

@@ -194,3 +194,20 @@ async def test_frozen_knob_is_flagged_by_the_frozen_value_rule(tmp_path: Path, p
     assert len({r.value for r in judged}) == 1  # the simulator really froze
     assert [r.quality for r in judged] == [Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.UNCERTAIN]
     assert judged[-1].reason == "frozen"
+
+
+async def test_simulate_serves_rtu_over_tcp_instruments_with_rtu_frames(tmp_path: Path,
+                                                                         ports: tuple[int, int, int]) -> None:
+    text = three_meters(ports).replace("protocol: modbus_tcp", "protocol: modbus_rtu_over_tcp")
+    cfg = load_config(write_config(tmp_path, text))
+    servers = await start(cfg)
+    spec = cfg.instrument("CEMS-01")
+    conn = make_connection(spec, SystemClock())
+    try:
+        samples = await conn.read(spec.device)
+    finally:
+        await conn.close()
+        await stop(servers)
+    assert conn.name.startswith("rtu_over_tcp://")
+    assert samples
+    assert all(s.quality is Quality.GOOD for s in samples)
