@@ -293,10 +293,14 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             sub = "unit" if own and inst.points[own_index[p.name]].unit is not None else "device_unit"
             ctx.error(loc + ((sub,) if own else ()), f"{field}.{sub}", str(err))
             continue
-        poll_s = inst.poll_interval_s or (inst.connection.publishing_interval_ms / 1000 if is_opcua
-                                          and (p.mode or "subscribe") == "subscribe" else
-                                          settings.limits.default_poll_interval_s)
+        # The cadence the rules expect is the one the driver really keeps for this point.
         subscribed = is_opcua and (p.mode or "subscribe") == "subscribe"
+        if subscribed:
+            poll_s = inst.connection.publishing_interval_ms / 1000
+        elif is_opcua:
+            poll_s = inst.poll_interval_s or inst.connection.poll_interval_s
+        else:
+            poll_s = inst.poll_interval_s or settings.limits.default_poll_interval_s
         rules, rule_errors = compile_point_rules(inst.kind, p, unit, inst.measuring_range, poll_s,  # type: ignore[arg-type]
                                                  timeout_s=inst.connection.timeout_s, change_driven=subscribed)
         for sub, message in rule_errors:
