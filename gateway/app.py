@@ -160,7 +160,8 @@ class Gateway:
     def _rules(self, store: Store) -> RulesStage:
         """The rules engine, with each point's history and open period reloaded from the store."""
         now = self.clock.wall_ms()
-        rules = RulesStage(self.config.instruments, now_ms=now, last_readings=store.last_readings())
+        points = [(i.id, p.name) for i in self.config.instruments for p in i.points]
+        rules = RulesStage(self.config.instruments, now_ms=now, last_readings=store.last_readings(points))
         month_ago = now - 31 * 86_400_000
         for instrument, point in rules.points():
             # The substitution lookback needs the period history; other points only where they stopped.

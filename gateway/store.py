@@ -258,16 +258,20 @@ class Store:
                                 (kind, instrument, point, since_ms, -1 if last is None else last)).fetchall()
         return [json.loads(r[0]) for r in reversed(rows)]
 
-    def last_readings(self) -> dict[tuple[str, str], tuple[int, int | None]]:
-        """(instrument, point) -> (newest ts, newest good ts): where each point stood when we last ran."""
+    def last_readings(self, points: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int | None]]:
+        """(instrument, point) -> (newest ts, newest good ts): where each point stood when we last ran.
+
+        One indexed look-up per point, newest first, so start-up does not scan months of readings."""
         out: dict[tuple[str, str], tuple[int, int | None]] = {}
-        for inst, point, last in self._db.execute(
-                "SELECT instrument, point, MAX(ts_ms) FROM readings GROUP BY instrument, point").fetchall():
-            out[(inst, point)] = (int(last), None)
-        for inst, point, good in self._db.execute(
-                "SELECT instrument, point, MAX(ts_ms) FROM readings WHERE quality = 'good' AND value IS NOT NULL "
-                "GROUP BY instrument, point").fetchall():
-            out[(inst, point)] = (out[(inst, point)][0], int(good))
+        for inst, point in points:
+            last = self._db.execute("SELECT ts_ms FROM readings WHERE instrument = ? AND point = ? "
+                                    "ORDER BY ts_ms DESC LIMIT 1", (inst, point)).fetchone()
+            if last is None:
+                continue
+            good = self._db.execute("SELECT ts_ms FROM readings WHERE instrument = ? AND point = ? "
+                                    "AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+                                    (inst, point)).fetchone()
+            out[(inst, point)] = (int(last[0]), int(good[0]) if good else None)
         return out
 
     def readings_since(self, instrument: str, point: str, ts_ms: int) -> list[Reading]:
