@@ -14,6 +14,16 @@ from gateway.model import NE107
 from gateway.model import InstrumentKind as Kind
 
 
+def is_loopback_host(host: str) -> bool:
+    """Simulators serve only loopback instruments: never a real plant address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -146,12 +156,7 @@ class ModbusTcpConnection(Strict):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
 
 class ModbusRtuOverTcpConnection(ModbusTcpConnection):
@@ -231,12 +236,7 @@ class OpcUaConnection(Strict):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
 
 Connection = Annotated[ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection | OpcUaConnection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import threading
@@ -13,6 +14,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.app import group_by_endpoint, make_connection
+from gateway.clock import SystemClock
+from gateway.model import Reading
+from gateway.poller import ConnectionPoller, DeviceHealth
+from gateway.queue import ReadingQueue
+from gateway.registry import Config
 
 GATEWAY_YAML = """\
 gateway: {{id: gw-test, site: test site, timezone: UTC}}
@@ -157,3 +165,51 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                            serialization.NoEncryption()))
     return paths
+
+
+class PollingHarness:
+    """The real pollers of every connection group, writing into a real ReadingQueue."""
+
+    def __init__(self, cfg: Config, *, seed: int = 3) -> None:
+        clock = SystemClock()
+        lim = cfg.settings.limits
+        self.queue = ReadingQueue(1_000_000)
+        self.groups = group_by_endpoint(cfg.instruments)
+        self.pollers = [ConnectionPoller(make_connection(specs[0], clock), specs, self.queue, clock,
+                                         backoff_min_s=lim.backoff_min_s, backoff_max_s=lim.backoff_max_s, seed=seed)
+                        for specs in self.groups.values()]
+        self.readings: list[Reading] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> PollingHarness:
+        self._tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def health(self, iid: str) -> DeviceHealth:
+        return next(p.health[iid] for p in self.pollers if iid in p.health)
+
+    def of(self, iid: str) -> list[Reading]:
+        self.readings.extend(self.queue.take(len(self.queue)))
+        return [r for r in self.readings if r.instrument == iid]
+
+    def polls(self, iid: str) -> list[list[Reading]]:
+        """Readings grouped per poll: a poll yields each point once, so a repeated point starts the next."""
+        out: list[list[Reading]] = []
+        for r in self.of(iid):
+            if not out or any(x.point == r.point for x in out[-1]):
+                out.append([])
+            out[-1].append(r)
+        return out
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 8.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not predicate():
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not met within {timeout_s} s")
+            await asyncio.sleep(0.02)

@@ -24,12 +24,12 @@ from gateway.clock import SystemClock
 from gateway.errors import TransientDriverError
 from gateway.instruments import InstrumentSpec
 from gateway.model import Quality, Reading
-from gateway.poller import ConnectionPoller, DeviceHealth
-from gateway.queue import ReadingQueue
+from gateway.poller import DeviceHealth
 from gateway.registry import Config, load_config
 from simulators.modbus_rtu_server import ModbusRtuMeterServer, SocatPtyPair
 from simulators.modbus_server import Faults, SimulatedDevice
 from simulators.runner import simulated_device
+from tests.helpers import PollingHarness as Gateway
 from tests.helpers import write_config
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -99,54 +99,6 @@ def expected_reading(spec: InstrumentSpec, dev: SimulatedDevice, point: str) -> 
     p = spec.point_index[point]
     assert p.modbus is not None
     return p.conversion.apply(wire_value(p.modbus, dev.values[point]))
-
-
-class Gateway:
-    """The real pollers of every connection group, writing into a real ReadingQueue."""
-
-    def __init__(self, cfg: Config) -> None:
-        clock = SystemClock()
-        lim = cfg.settings.limits
-        self.queue = ReadingQueue(1_000_000)
-        self.groups = group_by_endpoint(cfg.instruments)
-        self.pollers = [ConnectionPoller(make_connection(specs[0], clock), specs, self.queue, clock,
-                                         backoff_min_s=lim.backoff_min_s, backoff_max_s=lim.backoff_max_s, seed=3)
-                        for specs in self.groups.values()]
-        self.readings: list[Reading] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Gateway:
-        self._tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def health(self, iid: str) -> DeviceHealth:
-        return next(p.health[iid] for p in self.pollers if iid in p.health)
-
-    def of(self, iid: str) -> list[Reading]:
-        self.readings.extend(self.queue.take(len(self.queue)))
-        return [r for r in self.readings if r.instrument == iid]
-
-    def polls(self, iid: str) -> list[list[Reading]]:
-        """Readings grouped per poll: a poll yields each point once, so a repeated point starts the next."""
-        out: list[list[Reading]] = []
-        for r in self.of(iid):
-            if not out or any(x.point == r.point for x in out[-1]):
-                out.append([])
-            out[-1].append(r)
-        return out
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 8.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not predicate():
-            if loop.time() > deadline:
-                raise AssertionError(f"condition not met within {timeout_s} s")
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

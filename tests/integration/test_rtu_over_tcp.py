@@ -7,23 +7,20 @@ endpoints get separate connections, so a fault on one cannot touch the other's s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from drivers.modbus.decode import decode_value, encode_point
-from gateway.app import group_by_endpoint, make_connection
-from gateway.clock import SystemClock
+from gateway.app import group_by_endpoint
 from gateway.instruments import InstrumentSpec
-from gateway.model import Quality, Reading
-from gateway.poller import ConnectionPoller, DeviceHealth
-from gateway.queue import ReadingQueue
+from gateway.model import Quality
+from gateway.poller import DeviceHealth
 from gateway.registry import Config, load_config
 from simulators.broker import free_port
 from simulators.modbus_server import ModbusMeterServer, SimulatedDevice
 from simulators.runner import simulated_device
-from tests.helpers import write_config
+from tests.helpers import PollingHarness, write_config
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -62,44 +59,6 @@ def expected_reading(spec: InstrumentSpec, dev: SimulatedDevice, point: str) -> 
     return p.conversion.apply(on_wire)
 
 
-class Gateway:
-    """The real pollers of every connection group, writing into a real ReadingQueue."""
-
-    def __init__(self, cfg: Config) -> None:
-        clock = SystemClock()
-        lim = cfg.settings.limits
-        self.queue = ReadingQueue(1_000_000)
-        self.pollers = [ConnectionPoller(make_connection(specs[0], clock), specs, self.queue, clock,
-                                         backoff_min_s=lim.backoff_min_s, backoff_max_s=lim.backoff_max_s, seed=5)
-                        for specs in group_by_endpoint(cfg.instruments).values()]
-        self.readings: list[Reading] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Gateway:
-        self._tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def health(self, iid: str) -> DeviceHealth:
-        return next(p.health[iid] for p in self.pollers if iid in p.health)
-
-    def of(self, iid: str) -> list[Reading]:
-        self.readings.extend(self.queue.take(len(self.queue)))
-        return [r for r in self.readings if r.instrument == iid]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 8.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not predicate():
-            if loop.time() > deadline:
-                raise AssertionError(f"condition not met within {timeout_s} s")
-            await asyncio.sleep(0.02)
-
-
 def rtu_over_tcp_bus(directory: Path, port: int, *, silent_unit: int = 9) -> Config:
     """Two meters answering and a third unit id nobody answers for, all behind one device server."""
     return config(directory,
@@ -119,7 +78,7 @@ async def test_units_behind_one_device_server_share_one_connection(tmp_path: Pat
                                update_interval_s=3600.0, rtu_framing=True)  # unit 9 is not served: silent
     await server.start()
     try:
-        async with Gateway(cfg) as gw:
+        async with PollingHarness(cfg, seed=5) as gw:
             await gw.wait_for(lambda: len(gw.of("CEMS-01")) >= 3 * len(cfg.instrument("CEMS-01").points)
                               and len(gw.of("PM-01")) >= 5 * len(cfg.instrument("PM-01").points))
     finally:
@@ -151,7 +110,7 @@ async def test_one_unit_faulty_the_other_keeps_delivering(tmp_path: Path, knob: 
                                update_interval_s=3600.0, rtu_framing=True)
     await server.start()
     try:
-        async with Gateway(cfg) as gw:
+        async with PollingHarness(cfg, seed=5) as gw:
             await gw.wait_for(lambda: len(gw.of("CEMS-01")) >= 3 * len(cfg.instrument("CEMS-01").points)
                               and len(gw.of("FT-01")) >= 4 * len(cfg.instrument("FT-01").points))
     finally:
@@ -183,7 +142,7 @@ async def _polls_of_healthy(tmp_path: Path, fault: str | None, window_s: float, 
     elif fault == "refused":
         await servers[1].set_refuse(True)
     try:
-        async with Gateway(cfg) as gw:
+        async with PollingHarness(cfg, seed=5) as gw:
             await asyncio.sleep(window_s)
     finally:
         for srv in servers:
