@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import InstrumentSpec
@@ -20,7 +21,9 @@ from simulators.signals import SignalState
 
 log = logging.getLogger("simulators")
 
-KNOBS = ("refuse", "timeout", "exception", "frozen", "nan", "status")
+KNOBS = ("refuse", "timeout", "exception", "frozen", "nan", "status", "truncated", "garbled",  # Modbus
+         "calibration", "health", "bad_status")  # OPC UA (frozen too)
+UA_KNOBS = ("frozen", "calibration", "health", "bad_status")
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def parse_faults(items: Sequence[str]) -> list[FaultSpec]:
         except ValueError:
             errors.append(ConfigError(f"'{item}': argument must be an integer", file="--fault"))
             continue
-        if knob in ("exception", "status") and value is None:
+        if knob in ("exception", "status", "health", "bad_status") and value is None:
             errors.append(ConfigError(f"'{item}': {knob} needs an argument, e.g. {knob}:0x02", file="--fault"))
             continue
         out.append(FaultSpec(inst, knob, value))
@@ -100,6 +103,24 @@ def apply_fault(dev: SimulatedDevice, fault: FaultSpec) -> None:
         f.nan = True
     elif fault.knob == "status":
         f.status_bits = fault.arg or 0
+    elif fault.knob in ("truncated", "garbled"):
+        setattr(f, fault.knob, True)  # RTU framing only (rtu_over_tcp endpoints)
+    else:
+        raise ConfigErrors([ConfigError(f"knob '{fault.knob}' is for OPC UA instruments", file="--fault")])
+
+
+async def apply_ua_fault(sim: Any, fault: FaultSpec) -> None:
+    if fault.knob not in UA_KNOBS:
+        raise ConfigErrors([ConfigError(f"knob '{fault.knob}' does not apply to the OPC UA simulator "
+                                        f"(use {', '.join(UA_KNOBS)})", file="--fault")])
+    if fault.knob == "frozen":
+        await sim.set_frozen(True)
+    elif fault.knob == "calibration":
+        await sim.set_calibration(True)
+    elif fault.knob == "health":
+        await sim.set_health(fault.arg or 0)  # DI DeviceHealthEnumeration 0..4
+    else:
+        await sim.set_bad_status(fault.arg)  # a Bad StatusCode, e.g. 0x808C0000 BadSensorFailure
 
 
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
@@ -110,12 +131,15 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
         print("no instrument of this configuration has a loopback address: nothing to simulate")
         return 2
     by_id = {iid: (srv, dev) for srv, devs in servers.values() for iid, dev in devs.items()}
-    unknown = [f.instrument for f in faults if f.instrument not in by_id]
+    ua_ids = {s.id for s in ua}
+    unknown = [f.instrument for f in faults if f.instrument not in by_id and f.instrument not in ua_ids]
     if unknown:
         raise ConfigErrors([ConfigError(f"no simulated instrument '{u}'", file="--fault") for u in unknown])
     for srv, _ in servers.values():
         await srv.start()
     for f in faults:
+        if f.instrument in ua_ids:
+            continue
         srv, dev = by_id[f.instrument]
         if f.knob == "refuse":
             await srv.set_refuse(True)
@@ -130,6 +154,9 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
             sim = CemsOpcUaSimulator(spec.connection.host, spec.connection.port, seed=seed + 100 + i)
             await sim.start()
             ua_sims.append(sim)
+            for f in faults:
+                if f.instrument == spec.id:
+                    await apply_ua_fault(sim, f)
     for endpoint, (_srv, devs) in servers.items():
         print(f"simulating {', '.join(devs)} on {endpoint}", flush=True)
     for spec, sim in zip(ua, ua_sims, strict=True):
@@ -140,10 +167,13 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), duration_s)
-    for srv, _ in servers.values():
-        await srv.stop()
-    for sim in ua_sims:
-        await sim.stop()
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration_s):
+                await stop.wait()
+    finally:  # also when cancelled: never leave a listener or its tasks behind
+        for srv, _ in servers.values():
+            await srv.stop()
+        for sim in ua_sims:
+            await sim.stop()
     return 0

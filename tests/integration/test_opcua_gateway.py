@@ -78,3 +78,37 @@ def test_opcua_config_errors_are_located(tmp_path: Path, capsys: pytest.CaptureF
     assert "instruments/plant.yaml:" in err
     assert "connection.security" in err
     assert "client_cert" in err or "client_key" in err
+
+
+async def test_simulate_command_applies_opcua_fault_knobs(tmp_path: Path) -> None:
+    from simulators.runner import parse_faults, run_simulators
+
+    port = free_port()
+    cfg = load_config(write_config(tmp_path, opcua_instrument(port)))
+    task = asyncio.create_task(run_simulators(cfg, faults=parse_faults(["CEMS-UA=calibration"]), duration_s=30))
+    from asyncua import Client
+
+    client = Client(f"opc.tcp://127.0.0.1:{port}/")
+    for _ in range(100):
+        try:
+            await client.connect()
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    try:
+        flag = await client.get_node("ns=2;s=CEMS.CalibrationInProgress").read_value()
+        health = await client.get_node("ns=2;s=CEMS.DeviceHealth").read_value()
+    finally:
+        await client.disconnect()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert flag is True
+    assert health == 2  # CHECK_FUNCTION
+
+
+def test_unknown_knob_for_opcua_is_a_clear_error(tmp_path: Path) -> None:
+    from gateway.errors import ConfigErrors
+    from simulators.runner import parse_faults
+
+    with pytest.raises(ConfigErrors, match="expected ID=KNOB"):
+        parse_faults(["CEMS-UA=explode"])
