@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reason", required=True)
     c.add_argument("--author", required=True)
 
+    sc = sub.add_parser("schema", help="print the JSON Schema of a configuration file kind")
+    sc.add_argument("kind", choices=["gateway", "instruments", "profile"])
+
     rules = sub.add_parser("rules", help="missing-data rules tools")
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     ev = rsub.add_parser("evaluate", help="evaluate substitution scenarios (JSON) and print one result per line")
@@ -152,6 +155,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.watch import watch
 
         return watch(args.mqtt_url, args.prefix, duration_s=args.duration, until_instruments=args.until_instruments)
+    if args.command == "schema":
+        from gateway.config_schema import config_schemas, render
+
+        sys.stdout.write(render(config_schemas()[args.kind]))
+        return EXIT_OK
     if args.command == "rules" and args.rules_command == "evaluate":
         from gateway.rules.evaluate import main as evaluate_main
 
