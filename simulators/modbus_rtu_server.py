@@ -33,7 +33,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 
-from simulators.modbus_server import SimulatedDevice, _Context, fault_trace
+from simulators.modbus_server import SimulatedDevice, _Context, fault_trace, tick_devices
 
 
 class _TrackingContext(_Context):
@@ -86,14 +86,7 @@ class ModbusRtuMeterServer:
         self._ticker = asyncio.create_task(self._tick(), name=f"sim-rtu-tick-{self.port}")
 
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.update_interval_s)
-            now = loop.time()
-            for dev in self.devices.values():
-                dev.step(now - last)
-            last = now
+        await tick_devices(self.devices, self.update_interval_s)
 
     async def stop(self) -> None:
         if self._ticker is not None:

@@ -155,6 +155,18 @@ def fault_trace(devices: Mapping[int, SimulatedDevice]) -> Callable[[bool, bytes
     return trace
 
 
+async def tick_devices(devices: dict[int, SimulatedDevice], interval_s: float) -> None:
+    """Advance every device's simulated values by the real time elapsed, forever (cancel to stop)."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        for dev in devices.values():
+            dev.step(now - last)
+        last = now
+
+
 class ModbusMeterServer:
     """One listening endpoint (host:port) with one or more unit ids behind it."""
 
@@ -201,14 +213,7 @@ class ModbusMeterServer:
             await self._listen()
 
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.update_interval_s)
-            now = loop.time()
-            for dev in self.devices.values():
-                dev.step(now - last)
-            last = now
+        await tick_devices(self.devices, self.update_interval_s)
 
     async def stop(self) -> None:
         if self._ticker is not None:
