@@ -171,6 +171,13 @@ async def raw_phase(make_clients: Callable[[], list[tuple[Any, Sequence[int]]]],
     return out
 
 
+def print_run(label: str, r: int, runs: int, res: dict[str, Any]) -> None:
+    g, raw = res["gateway"], res["raw"]
+    print(f"{label} run {r}/{runs}: pollers {g['polls_per_s']:,.0f} polls/s ({g['cpu_pct']:.0f}% CPU), "
+          f"raw pymodbus {raw['req_per_s']:,.0f} req/s ({raw['cpu_pct']:.0f}% CPU), "
+          f"ratio {res['ratio_polls']:.2f}, other load {g['background_cpu_pct']:.0f}%", flush=True)
+
+
 def run_pair(cfg: Config, make_clients: Callable[[], list[tuple[Any, Sequence[int]]]], seconds: float,
              sim: psutil.Process | None) -> dict[str, Any]:
     gw = asyncio.run(poll_phase(cfg, seconds, sim))
@@ -200,11 +207,7 @@ def tcp_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 res = run_pair(cfg, lambda: tcp_clients(layout.endpoints()), args.seconds, simp)
                 res["machine_busy_before_pct"] = busy
                 runs.append(res)
-                g, raw = res["gateway"], res["raw"]
-                print(f"TCP run {r}/{args.runs}: pollers {g['polls_per_s']:,.0f} polls/s "
-                      f"({g['cpu_pct']:.0f}% CPU), raw pymodbus {raw['req_per_s']:,.0f} req/s "
-                      f"({raw['cpu_pct']:.0f}% CPU), ratio {res['ratio_polls']:.2f}, "
-                      f"other load {g['background_cpu_pct']:.0f}%", flush=True)
+                print_run("TCP", r, args.runs, res)
         finally:
             stop_process(sim)
     return runs
@@ -291,11 +294,7 @@ def rtu_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 pps = res["gateway"]["polls_per_s"]
                 res["rtu_ms_per_poll_without_gap"] = 1e3 * (1 / pps - gap_s) if pps else None
                 runs.append(res)
-                g, raw = res["gateway"], res["raw"]
-                print(f"RTU run {r}/{args.runs}: pollers {g['polls_per_s']:,.0f} polls/s "
-                      f"({g['cpu_pct']:.0f}% CPU), raw pymodbus {raw['req_per_s']:,.0f} req/s "
-                      f"({raw['cpu_pct']:.0f}% CPU), ratio {res['ratio_polls']:.2f}, "
-                      f"other load {g['background_cpu_pct']:.0f}%", flush=True)
+                print_run("RTU", r, args.runs, res)
         finally:
             stop_process(sim)
     return runs
