@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.model import Derived
 from gateway.registry import Config
-from gateway.store import Derived, Store
+from gateway.store import Store
 
 log = logging.getLogger("gateway.corrections")
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from gateway.store import Message, StoredReading
+from gateway.model import Message, StoredReading
 
 READINGS_SCHEMA = "carbon-gateway/readings/1"
 STATUS_SCHEMA = "carbon-gateway/status/1"

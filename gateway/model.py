@@ -1,4 +1,5 @@
-"""Plain data passed along the pipeline: drivers produce RawSample, tagging produces Reading.
+"""Plain data passed along the pipeline: drivers produce RawSample, tagging produces Reading, the rules
+stage produces Derived records, and the store hands out StoredReading rows and outbox Messages.
 
 These are deliberately small frozen dataclasses: no validation per reading on the hot path
 (validation happens once, when the configuration is loaded).
@@ -6,6 +7,7 @@ These are deliberately small frozen dataclasses: no validation per reading on th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -78,3 +80,42 @@ class Reading(NamedTuple):
     quality: Quality
     reason: str
     calibration: Calibration
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A record the rules engine (or a technician) adds: stored append-only and published on its own topic."""
+
+    kind: str
+    instrument: str
+    point: str
+    ts_ms: int
+    body: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One pending outbox entry: a seq of one instrument's stream and the rows it covers."""
+
+    id: int
+    instrument: str
+    kind: str
+    seq: int
+    first_id: int
+    last_id: int
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as committed to the store, with its row id (what the encoder publishes)."""
+
+    id: int
+    instrument: str
+    point: str
+    ts_ms: int
+    value: float | None
+    unit: str
+    quality: str
+    reason: str
+    calibration: str

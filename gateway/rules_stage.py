@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.instruments import InstrumentSpec, PointSpec
-from gateway.model import Quality, Reading
+from gateway.model import Derived, Quality, Reading
 from gateway.point_rules import PointRules
 from gateway.rules import gaps
 from gateway.rules.aggregates import PeriodAggregate, aggregate_period
@@ -25,7 +25,6 @@ from gateway.rules.hours import HourValue
 from gateway.rules.substitution import substitute_gap
 from gateway.rules.totalizer import totalize_periods
 from gateway.rules.validity import ValidityState, check
-from gateway.store import Derived
 
 log = logging.getLogger("gateway.rules")
 

@@ -20,35 +20,14 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.errors import StoreError
-from gateway.model import Calibration, Quality, Reading
+from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import MIGRATIONS, SCHEMA_VERSION, metadata
 
 KIND_READINGS = "readings"
 DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections")
 
-
-@dataclass(frozen=True, slots=True)
-class Derived:
-    """A record the rules engine (or a technician) adds: stored append-only and published on its own topic."""
-
-    kind: str
-    instrument: str
-    point: str
-    ts_ms: int
-    body: dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One pending outbox entry: a seq of one instrument's stream and the rows it covers."""
-
-    id: int
-    instrument: str
-    kind: str
-    seq: int
-    first_id: int
-    last_id: int
-    created_ms: int
+# Re-exported: the record types live in gateway.model; `from gateway.store import Derived` keeps working.
+__all__ = ["DERIVED_KINDS", "KIND_READINGS", "Derived", "Message", "Store", "StoreStats", "StoredReading"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +36,6 @@ class StoreStats:
     pending_messages: int
     oldest_pending_ms: int | None
     size_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    id: int
-    instrument: str
-    point: str
-    ts_ms: int
-    value: float | None
-    unit: str
-    quality: str
-    reason: str
-    calibration: str
 
 
 class Store:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.instruments import InstrumentSpec
-from gateway.model import Calibration, Quality, Reading
+from gateway.model import Calibration, Derived, Quality, Reading
 from gateway.registry import load_config
 from gateway.rules_stage import RulesStage
-from gateway.store import Derived
 from tests.helpers import write_config
 
 H = 3_600_000
