@@ -7,14 +7,18 @@ commits cost ~3.6 us per reading. One process writes a file (a lock file enforce
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
@@ -23,7 +27,31 @@ from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import MIGRATIONS, SCHEMA_VERSION, metadata
 
+log = logging.getLogger("gateway.store")
+
 KIND_READINGS = "readings"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(what: str) -> Callable[[_F], _F]:
+    """Turn any SQLite error of a store method into StoreError naming the store: a corrupt page or an
+    I/O error met at run time is never swallowed as a library exception somewhere up the stack."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.Error as err:
+                if getattr(self, "_db", None) is not None and self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: {what} failed: {err}{_corrupt_hint(err, self.path)}") from err
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
 DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections")
 
 # Re-exported: the record types live in gateway.model; `from gateway.store import Derived` keeps working.
@@ -39,17 +67,33 @@ class StoreStats:
 
 
 class Store:
-    def __init__(self, path: Path, *, synchronous: str = "full", config_version: str = "") -> None:
+    """The gateway's store. Opening it checks its integrity and its identity (`epoch`).
+
+    A new store is built beside its final path and renamed into place, so a crash while creating
+    it never leaves a zero-length file; a zero-length store file is therefore damage and is refused.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "full", config_version: str = "",
+                 check: bool = True) -> None:
         self.path = path
         self.config_version = config_version
+        self.epoch = ""
+        self.previous_epoch: str | None = None  # set when this store replaced another one at the same path
+        self.created = False
+        self._lock_fd = -1
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
+            self._lock_fd = -1
             raise StoreError(f"{path}: store is in use by another gateway process") from None
         try:
+            self._refuse_empty_file()
+            if not path.exists():
+                _create(path)
+                self.created = True
             # SQLAlchemy owns the schema (DDL from store_schema); the hot path uses the same single
             # DBAPI connection with plain tuples (2.9x faster than Core inserts, perf-limits 4f).
             self._engine = create_engine(f"sqlite:///{path}", poolclass=StaticPool)
@@ -57,16 +101,44 @@ class Store:
             self._db.isolation_level = None  # explicit BEGIN/COMMIT
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            if check:
+                self._quick_check()
             self._migrate()
-        except sqlite3.DatabaseError as err:
+            self.epoch = self._ensure_epoch()
+            self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM readings")
+            self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
+            self._next_record_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records")
+            self._seq: dict[str, int] = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
+        except sqlite3.Error as err:
             self.close()
-            raise StoreError(f"{path}: {err}") from None
-        self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM readings")
-        self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
-        self._next_record_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records")
-        self._seq: dict[str, int] = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
+            raise StoreError(f"{path}: cannot open the store: {err}{_corrupt_hint(err, path)}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._remember_epoch()
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def _refuse_empty_file(self) -> None:
+        """A zero-length store is a truncated or lost store, never silently a new one (its seqs would
+        restart at 1 and subscribers would discard the new data as duplicates)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        wal = Path(str(self.path) + "-wal")
+        if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            marker = read_epoch_marker(self.path)
+            held = f" (it held epoch {marker})" if marker else ""
+            raise StoreError(f"{self.path}: the store file is empty (0 bytes){held}: it was truncated or lost; "
+                             f"restore it from a backup, or delete it to start a new store with a new epoch")
+
+    def _quick_check(self) -> None:
+        problems = check_lines(self._db.execute("PRAGMA quick_check(20)").fetchall())
+        if problems:
+            more = "+" if len(problems) >= 20 else ""
+            raise StoreError(f"{self.path}: the store is corrupt ({len(problems)}{more} problems, first: "
+                             f"{problems[0]}); {recover_advice(self.path)}")
 
     def _scalar(self, sql: str, *args: object) -> int:
         row = self._db.execute(sql, args).fetchone()
@@ -95,12 +167,43 @@ class Store:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
             self._db.execute("COMMIT")
 
+    def _ensure_epoch(self) -> str:
+        """The store's identity: created with it; a store from before epochs (schema < 3) gets one now."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row and row[0]:
+            return str(row[0])
+        epoch = uuid.uuid4().hex
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        if not self.created:
+            log.info("%s: store had no epoch (made by an older version); its epoch is now %s", self.path, epoch)
+        return epoch
+
+    def _remember_epoch(self) -> None:
+        """Compare with the epoch last seen at this path (`<store>.epoch`) and warn loudly on a change."""
+        previous = read_epoch_marker(self.path)
+        if previous is not None and previous != self.epoch:
+            self.previous_epoch = previous
+            log.warning("%s: the store was replaced or reset: epoch %s was here before, this store is epoch %s "
+                        "(%s); seq numbers start again in this epoch, so subscribers must deduplicate by "
+                        "(instrument, epoch, seq)", self.path, previous, self.epoch,
+                        "a new empty store" if self.created else "another store file")
+        elif self.created:
+            log.info("%s: created a new store, epoch %s", self.path, self.epoch)
+        if previous != self.epoch:
+            try:
+                write_epoch_marker(self.path, self.epoch)
+            except OSError as err:
+                raise StoreError(f"{epoch_marker_path(self.path)}: cannot record the store epoch: "
+                                 f"{err.strerror}") from None
+
     def close(self) -> None:
         try:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
+                self._db = None  # type: ignore[assignment]
             if getattr(self, "_engine", None) is not None:
                 self._engine.dispose()
+                self._engine = None  # type: ignore[assignment]
         finally:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
@@ -109,14 +212,18 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------
 
     def commit(self, readings: Sequence[Reading], *, now_ms: int, per_message: int,
-               acked: Iterable[int] = (), derived: Sequence[Derived] = ()) -> int:
+               acked: Iterable[int] = (), derived: Sequence[Derived] = (),
+               ingested: Sequence[tuple[str, str]] = ()) -> int:
         """One transaction: append readings, cut them into per-instrument messages, apply acks.
+
+        `ingested` lists (sha256, file name) of the inbox files whose records are in `derived`: kept in
+        the same transaction, so an inbox file is stored exactly once (see `is_ingested`).
 
         Returns the number of messages created. Readings of one instrument get consecutive ids so a
         message is a plain id range.
         """
         acked = list(acked)
-        if not readings and not acked and not derived:
+        if not readings and not acked and not derived and not ingested:
             return 0
         by_instrument: dict[str, list[Reading]] = {}
         for r in readings:
@@ -176,17 +283,21 @@ class Store:
                                list(seq_updates.items()))
             if acked:
                 db.executemany("DELETE FROM pending WHERE message_id = ?", [(a,) for a in acked])
+            if ingested:
+                db.executemany("INSERT OR IGNORE INTO ingested (sha256, name, stored_ms) VALUES (?,?,?)",
+                               [(h, name, now_ms) for h, name in ingested])
             db.execute("COMMIT")
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: commit failed: {err}") from err
+            raise StoreError(f"{self.path}: commit failed: {err}{_corrupt_hint(err, self.path)}") from err
         self._next_reading_id, self._next_message_id, self._next_record_id = rid, mid, recid
         self._seq.update(seq_updates)
         return len(msgs)
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @_guarded("reading pending messages")
     def pending(self, *, after_id: int = 0, up_to_id: int | None = None, limit: int = 100) -> list[Message]:
         """Pending messages with after_id < id <= up_to_id, oldest first."""
         hi = up_to_id if up_to_id is not None else 2**62
@@ -199,12 +310,14 @@ class Store:
     def last_message_id(self) -> int:
         return self._next_message_id - 1
 
+    @_guarded("reading readings")
     def readings_range(self, first_id: int, last_id: int) -> list[StoredReading]:
         rows = self._db.execute(
             "SELECT id, instrument, point, ts_ms, value, unit, quality, reason, calibration FROM readings "
             "WHERE id BETWEEN ? AND ? ORDER BY id", (first_id, last_id)).fetchall()
         return [StoredReading(*r) for r in rows]
 
+    @_guarded("reading records")
     def records_range(self, first_id: int, last_id: int) -> list[dict[str, object]]:
         rows = self._db.execute("SELECT body FROM records WHERE id BETWEEN ? AND ? ORDER BY id",
                                 (first_id, last_id)).fetchall()
@@ -215,6 +328,7 @@ class Store:
             return self.readings_range(msg.first_id, msg.last_id)
         return self.records_range(msg.first_id, msg.last_id)
 
+    @_guarded("reading records")
     def records(self, kind: str, instrument: str, point: str, *, since_ms: int = 0,
                 last: int | None = None) -> list[dict[str, Any]]:
         """Stored bodies of one kind for one point, oldest first (the rules engine reloads its history);
@@ -224,6 +338,7 @@ class Store:
                                 (kind, instrument, point, since_ms, -1 if last is None else last)).fetchall()
         return [json.loads(r[0]) for r in reversed(rows)]
 
+    @_guarded("reading the last readings")
     def last_readings(self, points: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int | None]]:
         """(instrument, point) -> (newest ts, newest good ts): where each point stood when we last ran.
 
@@ -240,21 +355,29 @@ class Store:
             out[(inst, point)] = (int(last[0]), int(good[0]) if good else None)
         return out
 
+    @_guarded("reading readings")
     def readings_since(self, instrument: str, point: str, ts_ms: int) -> list[Reading]:
         rows = self._db.execute("SELECT instrument, point, ts_ms, value, unit, quality, reason, calibration "
                                 "FROM readings WHERE instrument = ? AND point = ? AND ts_ms >= ? ORDER BY ts_ms, id",
                                 (instrument, point, ts_ms)).fetchall()
         return [Reading(i, p, t, v, u, Quality(q), r, Calibration(c)) for i, p, t, v, u, q, r, c in rows]
 
+    @_guarded("looking up a reading")
     def reading_id_at(self, instrument: str, point: str, ts_ms: int) -> int | None:
         row = self._db.execute("SELECT id FROM readings WHERE instrument = ? AND point = ? AND ts_ms = ? "
                                "ORDER BY id LIMIT 1", (instrument, point, ts_ms)).fetchone()
         return int(row[0]) if row else None
 
+    @_guarded("looking up ingested inbox files")
+    def is_ingested(self, sha256: str) -> bool:
+        return self._db.execute("SELECT 1 FROM ingested WHERE sha256 = ?", (sha256,)).fetchone() is not None
+
+    @_guarded("reading the last reading time")
     def last_reading_ts(self) -> int | None:
         row = self._db.execute("SELECT MAX(ts_ms) FROM readings").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
+    @_guarded("reading store statistics")
     def stats(self) -> StoreStats:
         n = self._next_reading_id - 1
         pend = self._scalar("SELECT COUNT(*) FROM pending")
@@ -267,6 +390,7 @@ class Store:
 
     # -- retention -------------------------------------------------------------------------------
 
+    @_guarded("pruning delivered data")
     def prune_delivered(self, *, older_than_ms: int) -> int:
         """Delete delivered data older than the cutoff. Undelivered data is never deleted."""
         db = self._db
@@ -292,3 +416,94 @@ class Store:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: prune failed: {err}") from err
         return cur.rowcount
+
+
+# -- identity and integrity helpers (also used by `carbon-gateway store ...`) -----------------------
+
+
+def epoch_marker_path(store_path: Path) -> Path:
+    return Path(str(store_path) + ".epoch")
+
+
+def read_epoch_marker(store_path: Path) -> str | None:
+    """The epoch last seen at this store path, or None if there is no (readable) marker."""
+    try:
+        text = epoch_marker_path(store_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def write_epoch_marker(store_path: Path, epoch: str) -> None:
+    atomic_write(epoch_marker_path(store_path), (epoch + "\n").encode("ascii"), mode=0o644)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write a file so that a reader (or a crash) sees either nothing or all of it: temp, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # not narrowed by the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path) -> None:
+    """Build a new, empty store beside `path` and rename it into place (never a half-made store file)."""
+    tmp = path.with_name(path.name + ".creating")
+    for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm"), Path(str(tmp) + "-journal")):
+        leftover.unlink(missing_ok=True)
+    engine = create_engine(f"sqlite:///{tmp}", poolclass=StaticPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+            conn.exec_driver_sql("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.exec_driver_sql("INSERT INTO meta VALUES ('epoch', ?)", (uuid.uuid4().hex,))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        engine.dispose()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def check_lines(rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """The problems reported by PRAGMA quick_check/integrity_check, one per line ([] when it says ok)."""
+    lines = [line.strip() for (text,) in rows for line in str(text).splitlines()]
+    return [line for line in lines if line and line != "ok" and not line.startswith("*** in database")]
+
+
+def recover_advice(path: Path) -> str:
+    return (f"keep this file, run `carbon-gateway store recover --store {path} --to NEW.db` to copy every "
+            f"readable row into a new store, then move NEW.db to {path}")
+
+
+def _corrupt_hint(err: sqlite3.Error, path: Path) -> str:
+    text = str(err)
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return f"; {recover_advice(path)}"
+    return ""

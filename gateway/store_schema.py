@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import BLOB, Column, Float, Index, Integer, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -69,6 +69,19 @@ records = Table(
 )
 Index("records_by_point", records.c.kind, records.c.instrument, records.c.point, records.c.ts_ms)
 
+# Inbox files (manual corrections) already stored, by the SHA-256 of their bytes: written in the same
+# transaction as the record they produced, so a file is never stored twice whatever happens to it after.
+ingested = Table(
+    "ingested",
+    metadata,
+    Column("sha256", Text, primary_key=True),
+    Column("name", Text, nullable=False),  # the inbox file name, for the audit trail
+    Column("stored_ms", Integer, nullable=False),
+)
+
+# The store's identity lives in `meta` under key `epoch` (a uuid4 hex made with the store; schema 3 gives
+# one to older stores on open): subscribers deduplicate by (instrument, epoch, seq).
+
 # Ordered migrations: MIGRATIONS[v] upgrades a store at version v+1 to v+2 (version 1 = the first release).
 MIGRATIONS: list[list[str]] = [
     [
@@ -76,5 +89,8 @@ MIGRATIONS: list[list[str]] = [
         "point TEXT NOT NULL, ts_ms INTEGER NOT NULL, body TEXT NOT NULL, config_version TEXT NOT NULL, "
         "stored_ms INTEGER NOT NULL)",
         "CREATE INDEX records_by_point ON records (kind, instrument, point, ts_ms)",
+    ],
+    [
+        "CREATE TABLE IF NOT EXISTS ingested (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, stored_ms INTEGER NOT NULL)",
     ],
 ]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.errors import StoreError
 from gateway.model import Calibration, Quality, Reading
 from gateway.store import Derived, Store
+from gateway.store_schema import SCHEMA_VERSION
 
 
 def reading(instrument: str, i: int, value: float | None = 1.0) -> Reading:
@@ -137,7 +138,7 @@ def test_migrates_a_version_1_store_and_keeps_its_data(tmp_path: Path) -> None:
     assert store.records("events", "A", "p0") == [{"type": "gap_open", "start_ms": 5}]
     store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_derived_records_get_their_own_gapless_seq(tmp_path: Path) -> None:
