@@ -161,7 +161,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.write(render(config_schemas()[args.kind]))
         return EXIT_OK
     if args.command == "rules" and args.rules_command == "evaluate":
-        from gateway.rules.evaluate import main as evaluate_main
+        from gateway.audit import main as evaluate_main
 
         return evaluate_main(str(args.file), sys.stdout)
     raise AssertionError(args.command)

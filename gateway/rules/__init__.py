@@ -9,8 +9,10 @@ Modules, each usable on its own:
 - ``aggregates``    period averages with count, valid count, availability and validity;
 - ``totalizer``     counter differences with rollover and meter replacement, recovered gaps;
 - ``substitution``  missing-data substitutes as versioned records with a full trace
-                    (``policy_config``, ``selectors``, ``policies``, ``lookback``, ``percentile``, ``trace``);
-- ``evaluate``      the auditor tool behind ``carbon-gateway rules evaluate FILE``.
+                    (``policy_config``, ``selectors``, ``policies``, ``lookback``, ``percentile``, ``trace``).
+
+The package does no I/O: the auditor tool that reads scenario files (``carbon-gateway rules evaluate FILE``)
+is ``gateway.audit``, and tests/unit/rules/test_rules_purity.py keeps it that way.
 
 Standard clauses served: 10.1.3 f (conservative missing-data rule), 10.3.1 (raw data never changed),
 10.3.3 (every estimate documents basis, process and result).

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.rules import evaluate
+from gateway import audit as evaluate
 
 
 def run_main(tmp_path: Path, content: str | Any) -> tuple[int, list[dict[str, Any]], str]:
@@ -185,3 +185,15 @@ def test_any_input_answers_or_exits_2_never_a_traceback(tmp_path: Path, data: An
     else:
         assert answers == []
         assert err.count("\n") == 1
+
+
+def test_cli_rules_evaluate_runs_the_auditor_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`carbon-gateway rules evaluate FILE` dispatches to gateway.audit (outside the pure rules package)."""
+    from gateway.cli import main as cli_main
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(BASE), encoding="utf-8")
+    assert cli_main(["rules", "evaluate", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["name"] == "s1"

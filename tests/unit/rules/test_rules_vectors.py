@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.rules import evaluate
+from gateway import audit as evaluate
 from tests.unit.rules.rules_vectors import (
     CASE_VECTORS,
     DISCRIMINATING,

@@ -1,5 +1,8 @@
 """The auditor tool behind ``carbon-gateway rules evaluate FILE``.
 
+It lives outside ``gateway.rules`` because it reads files and writes to streams; the rules it replays are
+the pure functions of that package.
+
 Reads one scenario, or a list of scenarios, in the JSON format of missing_data_vectors.json and prints one
 JSON object per scenario per line (format in docs/rules.md). Expected values in the file (``expected``,
 ``tolerance`` ...) are ignored: the tool computes, the auditor compares. Bad input exits with 2 and one
