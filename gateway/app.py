@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +17,14 @@ from gateway.corrections import Inbox, inbox_for
 from gateway.encode import JsonEncoder
 from gateway.errors import PublishError
 from gateway.forwarder import Forwarder
+from gateway.ingest import Ingest
 from gateway.instruments import InstrumentSpec
-from gateway.model import RawSample
 from gateway.poller import ConnectionPoller
 from gateway.queue import ReadingQueue
 from gateway.registry import Config
 from gateway.rules_stage import RulesStage
+from gateway.shutdown import stop_on_signals
 from gateway.store import Store
-from gateway.tagging import tag
 
 log = logging.getLogger("gateway.app")
 
@@ -87,13 +86,12 @@ class Gateway:
         log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
                  __version__, sum(len(p.specs) for p in self.pollers) + len(self.subscribers),
                  len(self.pollers) + len(self.subscribers), st.store.path, st.mqtt.host, st.mqtt.port, cfg.version)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        signals = contextlib.ExitStack()
+        stop = signals.enter_context(stop_on_signals())
         tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
-        tasks += [asyncio.create_task(drv.run(self._sink(spec, queue)), name=f"opcua {spec.id}")
+        ingest = Ingest(queue, [spec for spec, _drv in self.subscribers])
+        tasks += [asyncio.create_task(drv.run(ingest), name=f"subscribe {spec.id}")
                   for spec, drv in self.subscribers]
         tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
         writer = asyncio.create_task(self._write(queue, store, forwarder), name="writer")
@@ -133,16 +131,7 @@ class Gateway:
             forwarder.shutdown()
             store.commit([], now_ms=self.clock.wall_ms(), per_message=1, acked=forwarder.take_acks())
             store.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-
-    @staticmethod
-    def _sink(spec: InstrumentSpec, queue: ReadingQueue) -> Callable[[str, Sequence[RawSample]], Awaitable[None]]:
-        async def sink(_instrument: str, samples: Sequence[RawSample]) -> None:
-            await queue.put(tag(spec, samples))  # waits when the store falls behind: backpressure
-
-        return sink
+            signals.close()
 
     async def _first_connect(self, forwarder: Forwarder) -> str | None:
         for _ in range(int(AUTH_CHECK_S / 0.05)):
@@ -222,12 +211,7 @@ class Gateway:
         instruments: dict[str, Any] = {}
         for p in self.pollers:
             for sid, h in p.health.items():
-                instruments[sid] = {"state": h.state, "polls": h.polls, "failures": h.failures,
-                                    "missed_polls": h.missed_polls, "last_ok": h.last_ok_ms,
-                                    "last_error": h.last_error}
+                instruments[sid] = h.status()
         for spec, drv in self.subscribers:
-            st = drv.stats
-            instruments[spec.id] = {"state": "ok" if drv.state == "ok" else "failing", "polls": st.polls,
-                                    "failures": st.outages, "missed_polls": st.missed_polls, "last_ok": None,
-                                    "last_error": str(drv.last_error or "")}
+            instruments[spec.id] = drv.health.status()
         return {"version": __version__, "instruments": instruments}

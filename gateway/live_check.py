@@ -9,19 +9,21 @@ from __future__ import annotations
 from gateway.app import group_by_endpoint, make_connection
 from gateway.clock import SystemClock
 from gateway.errors import DriverError
+from gateway.ingest import Ingest
+from gateway.queue import ReadingQueue
 from gateway.registry import Config
-from gateway.tagging import tag
 
 
 async def live_check(cfg: Config) -> list[str]:
     problems: list[str] = []
     clock = SystemClock()
+    ingest = Ingest(ReadingQueue(1), cfg.instruments)
     for specs in group_by_endpoint(cfg.instruments).values():
         conn = make_connection(specs[0], clock)
         try:
             for spec in specs:
                 try:
-                    readings = tag(spec, await conn.read(spec.device))
+                    readings = ingest.readings(spec.id, await conn.read(spec.device))
                 except DriverError as err:
                     problems.append(f"{spec.source_file}: instruments.{spec.id}.connection: {err}")
                     continue

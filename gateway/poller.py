@@ -10,37 +10,19 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from drivers.modbus.client import ModbusConnection
+from drivers.base import PollingDriver
+from drivers.pacing import LinkHealth, backoff_delay, next_slot
 from gateway.clock import Clock
 from gateway.errors import DriverError
+from gateway.ingest import Ingest
 from gateway.instruments import InstrumentSpec
 from gateway.model import Quality, RawSample
 from gateway.queue import ReadingQueue
-from gateway.tagging import tag
 
 log = logging.getLogger("gateway.poller")
 
-
-@dataclass
-class DeviceHealth:
-    polls: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    missed_polls: int = 0
-    last_ok_ms: int | None = None
-    last_error: str = ""
-
-    @property
-    def state(self) -> str:
-        return "failing" if self.consecutive_failures else "ok"
-
-
-def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter in [d/2, d] (pure apart from the rng)."""
-    d = min(cap, base * 2 ** max(0, failures - 1))
-    return d * (0.5 + 0.5 * rng.random())
+DeviceHealth = LinkHealth  # the name the tests and status code know
 
 
 def failed_samples(spec: InstrumentSpec, ts_ms: int, reason: str) -> list[RawSample]:
@@ -48,17 +30,17 @@ def failed_samples(spec: InstrumentSpec, ts_ms: int, reason: str) -> list[RawSam
 
 
 class ConnectionPoller:
-    def __init__(self, conn: ModbusConnection, specs: Sequence[InstrumentSpec], out: ReadingQueue, clock: Clock,
+    def __init__(self, conn: PollingDriver, specs: Sequence[InstrumentSpec], out: ReadingQueue, clock: Clock,
                  *, backoff_min_s: float, backoff_max_s: float, seed: int | None = None,
                  on_readings: Callable[[str, int], None] | None = None) -> None:
         self.conn = conn
         self.specs = list(specs)
         self.out = out
         self.clock = clock
-        self.health = {s.id: DeviceHealth() for s in specs}
+        self.health = {s.id: LinkHealth() for s in specs}
         self._backoff = (backoff_min_s, backoff_max_s)
         self._rng = random.Random(seed)
-        self._on_readings = on_readings
+        self.ingest = Ingest(out, specs, on_readings=on_readings)
 
     async def run(self) -> None:
         start = self.clock.monotonic()
@@ -83,31 +65,15 @@ class ConnectionPoller:
             samples = await self.conn.read(spec.device)
         except DriverError as err:
             samples = failed_samples(spec, self.clock.wall_ms(), err.reason)
-            h.failures += 1
-            h.consecutive_failures += 1
-            if h.consecutive_failures == 1:
-                log.error("%s: %s (readings stored as bad/%s until it recovers)", spec.id, err, err.reason)
-            h.last_error = str(err)
+            h.failed(err, log=log, who=spec.id, consequence=f"readings stored as bad/{err.reason} until it recovers")
             lo, hi = self._backoff
-            not_before[spec.id] = self.clock.monotonic() + backoff_delay(h.consecutive_failures, base=lo, cap=hi,
-                                                                          rng=self._rng)
+            not_before[spec.id] = self.clock.monotonic() + backoff_delay(h.consecutive_failures - 1, lo, hi,
+                                                                          self._rng.random())
         else:
-            if h.consecutive_failures:
-                log.info("%s: communication restored after %d failed polls", spec.id, h.consecutive_failures)
-            h.consecutive_failures = 0
-            h.last_ok_ms = self.clock.wall_ms()
+            h.succeeded(self.clock.wall_ms(), log=log, who=spec.id)
             not_before[spec.id] = 0.0
         h.polls += 1  # counted once finished, so a cancelled poll is not a poll
-        readings = tag(spec, samples)
-        await self.out.put(readings)
-        if self._on_readings is not None:
-            self._on_readings(spec.id, len(readings))
+        await self.ingest(spec.id, samples)
         # Next slot on the fixed grid; slots that already passed are missed polls, not a burst.
-        interval = spec.poll_interval_s
-        nxt = due[spec.id] + interval
-        now = self.clock.monotonic()
-        if nxt <= now:
-            skipped = int((now - nxt) // interval) + 1
-            h.missed_polls += skipped
-            nxt += skipped * interval
-        due[spec.id] = nxt
+        due[spec.id], missed = next_slot(due[spec.id], spec.poll_interval_s, self.clock.monotonic())
+        h.missed_polls += missed

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 
+from gateway.shutdown import stop_on_signals
 from simulators.modbus_server import SimulatedDevice, _Context, fault_trace, tick_devices
 
 
@@ -212,22 +212,18 @@ async def _serve(config_dir: Path, serve_port: str, faults: Sequence[str], seed:
     c = specs[0].connection
     server = ModbusRtuMeterServer(serve_port, {d.unit_id: d for d in by_id.values()}, baudrate=c.baudrate,
                                   parity=c.parity, stopbits=c.stopbits, bytesize=c.bytesize)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-    except RuntimeError as err:  # pymodbus: the port cannot be opened
-        print(f"cannot serve on {serve_port}: {err}", file=sys.stderr)
-        return 2
-    try:
-        for iid, dev in by_id.items():
-            print(f"simulating {iid} (unit {dev.unit_id}) on {serve_port}", flush=True)
-        await stop.wait()
-    finally:
-        await server.stop()
+    with stop_on_signals() as stop:
+        try:
+            await server.start()
+        except RuntimeError as err:  # pymodbus: the port cannot be opened
+            print(f"cannot serve on {serve_port}: {err}", file=sys.stderr)
+            return 2
+        try:
+            for iid, dev in by_id.items():
+                print(f"simulating {iid} (unit {dev.unit_id}) on {serve_port}", flush=True)
+            await stop.wait()
+        finally:
+            await server.stop()
     return 0
 
 

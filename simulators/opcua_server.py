@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from gateway.shutdown import stop_on_signals
 
 NAMESPACE_URI = "urn:carbon-gateway:sim:cems"
 SERVER_APPLICATION_URI = "urn:carbon-gateway:sim:cems:server"
@@ -348,21 +349,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     sim = CemsOpcUaSimulator(
         args.host, args.port, update_interval_s=args.update_interval, seed=args.seed, secure_dir=args.secure
     )
-    async with sim:
-        if args.calibration:
-            await sim.set_calibration(True)
-        if args.health != DEVICE_HEALTH_NORMAL:
-            await sim.set_health(args.health)
-        # One parseable line so scripts and tests know when to connect.
-        print(f"READY {sim.endpoint}", flush=True)
-        await stop.wait()
+    with stop_on_signals() as stop:
+        async with sim:
+            if args.calibration:
+                await sim.set_calibration(True)
+            if args.health != DEVICE_HEALTH_NORMAL:
+                await sim.set_health(args.health)
+            # One parseable line so scripts and tests know when to connect.
+            print(f"READY {sim.endpoint}", flush=True)
+            await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import InstrumentSpec
 from gateway.registry import Config, device_points, load_profiles, to_modbus_point
 from gateway.registry_schema import ProfileModel
+from gateway.shutdown import stop_on_signals
 from simulators.modbus_server import Faults, ModbusMeterServer, SimulatedDevice
 from simulators.signals import SignalState
 
@@ -162,13 +162,8 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
     for spec, sim in zip(ua, ua_sims, strict=True):
         print(f"simulating {spec.id} on {sim.endpoint} (OPC UA CEMS analyzer)", flush=True)
     print("simulators ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        with contextlib.suppress(TimeoutError):
+        with stop_on_signals() as stop, contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration_s):
                 await stop.wait()
     finally:  # also when cancelled: never leave a listener or its tasks behind

@@ -43,10 +43,13 @@ from drivers.base import SampleSink
 from drivers.opcua import status as st
 from drivers.opcua.security import MESSAGE_MODE, POLICY_CLASS, build_server_certificate_check
 from drivers.opcua.spec import OpcUaDevice, OpcUaPoint
+from drivers.pacing import LinkHealth, backoff_delay, next_slot
 from gateway.errors import ConfigError, DriverError, PermanentDriverError, TransientDriverError
 from gateway.model import REASON_NAN, REASON_NO_COMMUNICATION, Quality, RawSample
 
 _log = logging.getLogger(__name__)
+
+__all__ = ["OpcUaDriver", "backoff_delay", "next_slot"]  # the pacing helpers are shared (drivers.pacing)
 
 _QUEUE_MAX = 10_000
 _SESSION_TIMEOUT_MS = 120_000  # server drops our session 2 min after we vanish (network cut)
@@ -75,29 +78,6 @@ _SECURITY_REFUSALS = frozenset(
 
 
 # --- pure helpers (unit-tested) --------------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float) -> float:
-    """Capped exponential backoff with jitter. `attempt` counts from 0, `jitter` is uniform in [0, 1).
-
-    The delay lies in [0.5, 1.0) x min(max_s, initial_s * 2**attempt): never above the cap, and spread so
-    a fleet of gateways does not reconnect to a restarted server in lock step.
-    """
-    base = min(max_s, initial_s * 2.0 ** min(attempt, 60))
-    return base * (0.5 + 0.5 * jitter)
-
-
-def next_slot(scheduled: float, interval: float, now: float) -> tuple[float, int]:
-    """Next time on the grid `scheduled + k*interval` strictly after `now`, and how many slots were skipped.
-
-    Monotonic-clock schedule: a late poll does not shift the grid, and slots that passed while we were
-    busy (slow sink, slow server) are skipped and counted rather than fired in a burst.
-    """
-    slot = scheduled + interval
-    if slot > now:
-        return slot, 0
-    missed = int((now - slot) // interval) + 1
-    return slot + missed * interval, missed
 
 
 def epoch_ms(ts: datetime | None) -> int | None:
@@ -268,6 +248,7 @@ class OpcUaDriver:
     def __init__(self, device: OpcUaDevice, *, rng: random.Random | None = None) -> None:
         self.device = device
         self.stats = OpcUaDriverStats()
+        self.health = LinkHealth()  # what the status topic shows, as for every driver
         self.last_error: DriverError | None = None
         self._rng = rng or random.Random()
         self._node_ids: dict[str, ua.NodeId] = {
@@ -523,6 +504,7 @@ class OpcUaDriver:
                 next_poll, missed = next_slot(next_poll, self.device.poll_interval_s, time.monotonic())
                 if missed:
                     self.stats.missed_polls += missed
+                    self.health.missed_polls += missed
                     _log.debug("%s: %d poll slot(s) skipped", self.device.instrument_id, missed)
                 continue
             deadline = min(next_poll, session.last_alive() + session.watchdog_s)
@@ -587,6 +569,7 @@ class OpcUaDriver:
             client.read_attributes([client.get_node(session.nodes[k]) for k in keys]), connecting=False
         )
         self.stats.polls += 1
+        self.health.polls += 1
         n_status = len(session.poll_status)
         for role, dv in zip(session.poll_status, dvs[:n_status], strict=True):
             self._set_status_value(role, dv)
@@ -632,10 +615,12 @@ class OpcUaDriver:
             _log.info("%s: connected to %s", dev.instrument_id, dev.endpoint_url)
         self._state = _State.OK
         self.last_error = None
+        self.health.succeeded(self._wall_ms())  # logged above, with the OPC UA details
 
     def _on_failure(self, exc: DriverError) -> None:
         dev = self.device
         previous, self.last_error = self.last_error, exc
+        self.health.failed(exc)  # logged below, with the OPC UA details
         if self._state is not _State.FAILING:
             self._state = _State.FAILING
             self._failed_since = time.monotonic()
