@@ -8,22 +8,24 @@ read, with the quality and reason the validity rules gave them.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.instruments import InstrumentSpec, PointSpec
 from gateway.model import Derived, Quality, Reading
 from gateway.point_rules import PointRules
 from gateway.rules import gaps
-from gateway.rules.aggregates import PeriodAggregate, aggregate_period
+from gateway.rules.aggregates import PeriodAggregate, PeriodSummary, summarize
 from gateway.rules.context import GapInputs
 from gateway.rules.errors import RuleInputError
 from gateway.rules.hours import HourValue
 from gateway.rules.substitution import substitute_gap
-from gateway.rules.totalizer import totalize_periods
+from gateway.rules.totalizer import RunningTotal
 from gateway.rules.validity import ValidityState, check
 
 log = logging.getLogger("gateway.rules")
@@ -31,6 +33,19 @@ log = logging.getLogger("gateway.rules")
 _SEVERITY = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
 MAX_HISTORY_HOURS = 26_280  # Part 75 lookbacks never reach further back than 3 years
 MAX_EMPTY_PERIODS = 24 * 31  # after a longer silence, older empty periods are left to the gap ledger
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A wall-clock step not yet applied to a point: applied at its first reading taken after the step."""
+
+    delta_ms: int
+    now_ms: int  # when it was detected, in the new timeline
+    boundary_ms: int  # readings on this side of the midpoint are from the new timeline
+
+    def is_new_side(self, ts_ms: int) -> bool:
+        return ts_ms >= self.boundary_ms if self.delta_ms > 0 else ts_ms <= self.boundary_ms
 
 
 @dataclass
@@ -55,10 +70,14 @@ class _Point:
     validity: ValidityState
     gap: gaps.GapState
     period_start: int | None = None
-    samples: list[Reading] = field(default_factory=list)
+    summary: PeriodSummary | None = None  # the open period's running summary (never its readings)
+    total: RunningTotal | None = None  # totalizers: the last good reading and the open period's consumption
     history: deque[HourValue] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY_HOURS))
     latest: dict[int, _PrevRecord] = field(default_factory=dict)
-    anchor: Reading | None = None  # totalizers: the last good reading before the open period
+    closed_until: int | None = None  # restart: periods starting before this are stored already
+    step: _Step | None = None  # a clock step not yet applied to this point
+    replay_until: int | None = None  # after a backward step: readings up to here repeat an aggregated interval
+    fill_from_hour: int | None = None  # after a forward step: earlier hours were skipped by the clock
 
 
 class RulesStage:
@@ -66,6 +85,9 @@ class RulesStage:
                  last_readings: dict[tuple[str, str], tuple[int, int | None]] | None = None) -> None:
         self._points: dict[tuple[str, str], _Point] = {}
         self._startup: list[Derived] = []
+        self._dirty: dict[tuple[str, str], None] = {}  # points whose state changed since their last checkpoint
+        self._overloaded = False
+        self._overload_gaps: dict[str, int] = {}  # instrument -> start of its open gateway_overload gap
         last_readings = last_readings or {}
         for inst in instruments:
             if not inst.polled:
@@ -83,26 +105,58 @@ class RulesStage:
     # -- history from the store ------------------------------------------------------------------
 
     def restore(self, instrument: str, point: str, aggregates: Sequence[dict[str, Any]],
-                substitutes: Sequence[dict[str, Any]], current: Sequence[Reading] = ()) -> None:
-        """Reload a point at start-up: its period history, its latest substitutes and the readings of the
-        period that was open when the gateway stopped (so a restart does not thin that period out)."""
+                substitutes: Sequence[dict[str, Any]], current: Sequence[Reading] = (), *,
+                checkpoint: str | None = None) -> None:
+        """Reload a point at start-up: its period history, its latest substitutes and the state of the period
+        that was open when the gateway stopped.
+
+        With a ``checkpoint`` (``checkpoint()``'s text, committed with the readings), the open period's
+        running summary, the totalizer and the validity state come back from it; the readings stored after
+        it are then given to ``refeed``. Without one (a store written before checkpoints), ``current``,
+        the readings since the last stored period, are re-fed instead."""
         st = self._points.get((instrument, point))
         if st is None:
             return
         period = st.rules.period_ms
         if aggregates:
-            st.period_start = int(aggregates[-1]["period_end"])
-        if st.rules.totalizer is not None:
-            return  # totalizers re-anchor on their next good reading
-        st.samples = [r for r in current if st.period_start is None or r.ts_ms >= st.period_start]
-        for body in aggregates[-MAX_HISTORY_HOURS:] if st.rules.substitution is not None else ():
-            st.history.append(HourValue(int(body["period_start"]) // period,
-                                        body["mean"] if body.get("valid") else None))
-        for body in substitutes:
-            trace = body.get("trace", {})
-            st.latest[int(body["hour"])] = _PrevRecord(body["record_id"], instrument, point, int(body["hour"]),
-                                                       int(body["version"]), float(body["value"]), body["status"],
-                                                       str(trace.get("method_code", "")))
+            st.period_start = st.closed_until = int(aggregates[-1]["period_end"])
+        if st.rules.totalizer is None:
+            for body in aggregates[-MAX_HISTORY_HOURS:] if st.rules.substitution is not None else ():
+                st.history.append(HourValue(int(body["period_start"]) // period,
+                                            body["mean"] if body.get("valid") else None))
+            for body in substitutes:
+                trace = body.get("trace", {})
+                st.latest[int(body["hour"])] = _PrevRecord(body["record_id"], instrument, point, int(body["hour"]),
+                                                           int(body["version"]), float(body["value"]),
+                                                           body["status"], str(trace.get("method_code", "")))
+        if checkpoint is not None:
+            self._load(st, checkpoint)
+        elif current:
+            self.refeed([r for r in current if st.period_start is None or r.ts_ms >= st.period_start])
+
+    def refeed(self, readings: Iterable[Reading]) -> None:
+        """Readings already stored (after a point's checkpoint), fed again at start-up in store order.
+
+        They update validity state and running summaries exactly as when they were first processed; they
+        are not stored again and do not move the gap ledger (resumed from the store). A period they close
+        is published only if the store does not hold it yet."""
+        for r in readings:
+            st = self._points.get((r.instrument, r.point))
+            if st is None:
+                continue
+            r = self._judge(st, r)
+            self._dirty[(r.instrument, r.point)] = None
+            self._startup.extend(self._add_sample(st, r))
+
+    def checkpoint(self, limit: int | None = None) -> dict[tuple[str, str], str]:
+        """The state of up to ``limit`` points changed since their last checkpoint (longest waiting first),
+        for ``Store.commit(..., rules_state=...)``: committed in the same transaction as the readings
+        processed so far, so a restart resumes from it and re-feeds only the readings stored after it."""
+        out: dict[tuple[str, str], str] = {}
+        for key in list(self._dirty)[:limit]:
+            del self._dirty[key]
+            out[key] = self._dump(self._points[key])
+        return out
 
     def points(self) -> list[tuple[str, str]]:
         return list(self._points)
@@ -111,45 +165,194 @@ class RulesStage:
         st = self._points.get((instrument, point))
         return st is not None and st.rules.substitution is not None
 
+    @staticmethod
+    def _dump(st: _Point) -> str:
+        v = st.validity
+        return json.dumps({"v": CHECKPOINT_VERSION, "period_start": st.period_start,
+                           "summary": st.summary.to_json() if st.summary is not None else None,
+                           "total": st.total.to_json() if st.total is not None else None,
+                           "validity": [v.last_ts_ms, v.ref_value, v.ref_ts_ms, v.same_value, v.same_count,
+                                        v.same_since_ms]}, separators=(",", ":"), allow_nan=False)
+
+    @staticmethod
+    def _load(st: _Point, text: str) -> None:
+        d = json.loads(text)
+        if d.get("v") != CHECKPOINT_VERSION:
+            log.warning("%s.%s: rules checkpoint version %r not understood; the open period restarts empty",
+                        st.instrument.id, st.spec.name, d.get("v"))
+            return
+        if d["period_start"] is not None:
+            st.period_start = int(d["period_start"])
+        summary = d.get("summary")
+        st.summary = PeriodSummary.from_json(summary) if summary is not None else None
+        if st.summary is not None and st.summary.period_ms != st.rules.period_ms:
+            st.summary = None  # the period length changed with the configuration: start the period afresh
+        total = d.get("total")
+        st.total = RunningTotal.from_json(total) if total is not None and st.rules.totalizer is not None else None
+        if st.total is not None and st.total.period_ms != st.rules.period_ms:
+            st.total = None
+        last_ts, ref_value, ref_ts, same_value, same_count, same_since = d["validity"]
+        st.validity = ValidityState(last_ts, ref_value, ref_ts, same_value, int(same_count), same_since)
+
     # -- per batch --------------------------------------------------------------------------------
+
+    def _judge(self, st: _Point, r: Reading) -> Reading:
+        res = check(r.value, r.ts_ms, st.validity, st.rules.validity, calibration=r.calibration)
+        st.validity = res.state
+        if _SEVERITY[res.quality] > _SEVERITY[r.quality]:
+            return r._replace(quality=res.quality, reason=res.reason)
+        if res.reason and not r.reason and res.quality is r.quality:
+            return r._replace(reason=res.reason)
+        return r
 
     def process(self, readings: Sequence[Reading]) -> tuple[list[Reading], list[Derived]]:
         """Judge each reading, update gaps and periods; returns the readings to store and new records."""
         out: list[Reading] = []
         derived: list[Derived] = self._startup
         self._startup = []
+        dirty = self._dirty
         for r in readings:
-            st = self._points.get((r.instrument, r.point))
+            key = (r.instrument, r.point)
+            st = self._points.get(key)
             if st is None:
                 out.append(r)
                 continue
-            res = check(r.value, r.ts_ms, st.validity, st.rules.validity, calibration=r.calibration)
-            st.validity = res.state
-            if _SEVERITY[res.quality] > _SEVERITY[r.quality]:
-                r = r._replace(quality=res.quality, reason=res.reason)
-            elif res.reason and not r.reason and res.quality is r.quality:
-                r = r._replace(reason=res.reason)
+            if st.step is not None and st.step.is_new_side(r.ts_ms):
+                derived.extend(self._apply_step(st))
+            r = self._judge(st, r)
             out.append(r)
+            if self._overloaded and not st.gap.is_open and r.ts_ms - st.gap.reference_ms > st.rules.gaps.allowed_ms:
+                # Late because the gateway is busy: once per instrument, not a gap per point.
+                derived.extend(self._overload_open(st))
+                st.gap = replace(st.gap, reference_ms=r.ts_ms)
             st.gap, events = gaps.feed_reading(st.gap, r, st.rules.gaps)
-            derived.extend(self._event(e) for e in events)
+            if events:
+                derived.extend(self._event(e) for e in events)
+            dirty[key] = None
             derived.extend(self._add_sample(st, r))
         return out, derived
 
     def tick(self, now_ms: int) -> list[Derived]:
         """Time passing without readings: open gaps, close periods that ended."""
         derived: list[Derived] = []
-        for st in self._points.values():
-            st.gap, events = gaps.tick(st.gap, now_ms, st.rules.gaps)
-            derived.extend(self._event(e) for e in events)
+        for key, st in self._points.items():
+            if st.step is not None:
+                if now_ms - st.step.now_ms <= st.rules.gaps.allowed_ms:
+                    continue  # readings taken before the step may still be queued
+                derived.extend(self._apply_step(st))
+            if self._overloaded and not st.gap.is_open and now_ms - st.gap.reference_ms > st.rules.gaps.allowed_ms:
+                derived.extend(self._overload_open(st))
+            else:
+                st.gap, events = gaps.tick(st.gap, now_ms, st.rules.gaps)
+                derived.extend(self._event(e) for e in events)
             if st.period_start is not None and st.rules.totalizer is None:
                 # A period closes once a reading could no longer belong to it (one cadence of slack).
                 while st.period_start + st.rules.period_ms + st.rules.cadence_ms <= now_ms:
                     derived.extend(self._close_period(st))
+                    self._dirty[key] = None
         return derived
+
+    # -- overload and clock steps -----------------------------------------------------------------
+
+    def set_overloaded(self, active: bool, now_ms: int) -> list[Derived]:
+        """The gateway is (no longer) too busy to poll on time: late polls are not a meter's failure.
+
+        While active, a point whose reading is late does not open a ``communication_loss`` gap: its
+        instrument gets one ``gateway_overload`` gap (open once, closed when the overload ends), whatever
+        the number of its points and late polls. Readings that never came still lower the period's
+        availability, so hourly validity stays honest. When it ends, every point's silence is counted from
+        then: a meter that is really silent opens its own gap one allowance later."""
+        out: list[Derived] = []
+        if active == self._overloaded:
+            return out
+        self._overloaded = active
+        if active:
+            return out
+        for instrument, start in self._overload_gaps.items():
+            out.append(self._event(gaps.GapEvent("close", instrument, "", start, max(start, now_ms),
+                                                 gaps.GapCause.GATEWAY_OVERLOAD)))
+        self._overload_gaps.clear()
+        for st in self._points.values():
+            if not st.gap.is_open and st.gap.reference_ms < now_ms:
+                st.gap = replace(st.gap, reference_ms=now_ms)
+        return out
+
+    def _overload_open(self, st: _Point) -> list[Derived]:
+        instrument = st.instrument.id
+        if instrument in self._overload_gaps:
+            return []
+        start = self._overload_gaps[instrument] = st.gap.reference_ms
+        return [self._event(gaps.GapEvent("open", instrument, "", start, None, gaps.GapCause.GATEWAY_OVERLOAD))]
+
+    def on_clock_step(self, delta_ms: int, now_ms: int) -> list[Derived]:
+        """The wall clock stepped by ``delta_ms`` (detected at ``now_ms``, new timeline): not a gap, not a burst.
+
+        Each point moves to the new timeline at its first reading taken after the step (readings still
+        queued from before it are told apart by their timestamp: the old side of the step's midpoint), or,
+        if none comes, one gap allowance after the step: its validity and gap-ledger times are shifted by
+        the step, so elapsed times stay true and nothing is ``out_of_order``. Forward, the open period
+        closes with what it holds and the next one starts in the new timeline; the skipped periods get no
+        aggregate and are not missing hours for substitution. Backward, readings that repeat an interval
+        already aggregated are stored as read but not aggregated again. One ``clock_step`` event per
+        instrument records the step."""
+        if delta_ms == 0:
+            return []
+        out: list[Derived] = []
+        step = _Step(delta_ms, now_ms, now_ms - delta_ms // 2)
+        instruments: dict[str, None] = {}
+        for st in self._points.values():
+            if st.step is not None:
+                out.extend(self._apply_step(st))  # a second step before the first was seen: apply in order
+            st.step = step
+            instruments[st.instrument.id] = None
+        for instrument in instruments:
+            body = {"type": "clock_step", "kind": "step", "instrument": instrument, "point": "",
+                    "start_ms": now_ms - delta_ms, "end_ms": now_ms, "cause": "clock_step", "delta_ms": delta_ms}
+            out.append(Derived("events", instrument, "", now_ms, body))
+        return out
+
+    def _apply_step(self, st: _Point) -> list[Derived]:
+        step = st.step
+        assert step is not None
+        st.step = None
+        d = step.delta_ms
+
+        def shift(t: int | None) -> int | None:
+            return None if t is None else t + d
+
+        v = st.validity
+        if d < 0:
+            st.replay_until = v.last_ts_ms if st.replay_until is None else max(st.replay_until, v.last_ts_ms or 0)
+        st.validity = ValidityState(shift(v.last_ts_ms), v.ref_value, shift(v.ref_ts_ms), v.same_value,
+                                    v.same_count, shift(v.same_since_ms))
+        g = st.gap
+        st.gap = replace(g, reference_ms=g.reference_ms + d, last_seen_ms=shift(g.last_seen_ms))
+        self._dirty[(st.instrument.id, st.spec.name)] = None
+        if d < 0 or st.period_start is None:
+            return []
+        period = st.rules.period_ms
+        if st.rules.totalizer is not None:
+            if st.total is None or st.total.last_ts_ms is None:
+                return []
+            settled = st.total.skip(d)
+            st.period_start = st.total.period_start
+            return [self._total(st, p) for p in settled if st.closed_until is None or p.start_ms >= st.closed_until]
+        new_start = step.now_ms // period * period
+        out: list[Derived] = []
+        if new_start > st.period_start:
+            out.extend(self._close_period(st))
+            st.period_start = new_start
+            st.summary = None
+            st.fill_from_hour = new_start // period
+        return out
 
     # -- periods ----------------------------------------------------------------------------------
 
     def _add_sample(self, st: _Point, r: Reading) -> list[Derived]:
+        if st.replay_until is not None:
+            if r.ts_ms <= st.replay_until:
+                return []  # after a backward clock step: this interval is aggregated already
+            st.replay_until = None
         period = st.rules.period_ms
         start = r.ts_ms // period * period
         if st.period_start is None:
@@ -165,49 +368,43 @@ class RulesStage:
             skipped += 1
             if skipped > MAX_EMPTY_PERIODS:
                 st.period_start = start
-                st.samples = []
-        st.samples.append(r)
+                st.summary = None
+        summary = st.summary
+        if summary is None:
+            summary = st.summary = PeriodSummary(st.period_start, period)
+        summary.add(r)
         return out
 
     def _close_period(self, st: _Point) -> list[Derived]:
         assert st.period_start is not None
         start = st.period_start
-        agg = aggregate_period(st.samples, start, period_ms=st.rules.period_ms, cadence_ms=st.rules.cadence_ms,
-                               rule=st.rules.aggregate)
-        st.samples = []
-        st.period_start = start + st.rules.period_ms
+        period = st.rules.period_ms
+        summary = st.summary if st.summary is not None else PeriodSummary(start, period)
+        st.summary = None
+        st.period_start = start + period
+        if st.closed_until is not None and start < st.closed_until:
+            return []  # restart: this period's aggregate is stored already
+        agg = summarize(summary, cadence_ms=st.rules.cadence_ms, rule=st.rules.aggregate)
         out = [self._aggregate(st, agg)]
         if st.rules.substitution is not None:
-            out.extend(self._substitute(st, HourValue(start // st.rules.period_ms, agg.mean if agg.valid else None)))
+            out.extend(self._substitute(st, HourValue(start // period, agg.mean if agg.valid else None)))
         return out
 
     def _add_total(self, st: _Point, r: Reading) -> list[Derived]:
         """Totalizers: a period is settled by the first good reading after it, so a counter difference
         across a gap recovers the consumption exactly instead of leaving a hole."""
-        good = r.quality is Quality.GOOD and r.value is not None
-        if not good:
+        v = r.value
+        if r.quality is not Quality.GOOD or v is None or not math.isfinite(v):
             return []
-        assert st.period_start is not None
         assert st.rules.totalizer is not None
-        period = st.rules.period_ms
-        if st.anchor is None:
-            st.anchor = r
-            st.samples = []
-            st.period_start = r.ts_ms // period * period
+        if st.total is None:
+            st.total = RunningTotal(st.rules.period_ms)
+        settled = st.total.feed(r.ts_ms, v, st.rules.totalizer)
+        st.period_start = st.total.period_start
+        if not settled:
             return []
-        st.samples.append(r)
-        if r.ts_ms < st.period_start + period:
-            return []
-        seq = [st.anchor, *st.samples]
-        current = r.ts_ms // period * period
-        settled = totalize_periods(seq, st.rules.totalizer, period_ms=period)
-        out = [self._total(st, p) for p in settled if st.period_start <= p.start_ms < current][-MAX_EMPTY_PERIODS:]
-        # The increment from the previous reading to r straddles the boundary: keep that reading as the
-        # anchor so the open period gets its share next time.
-        st.anchor = seq[-2]
-        st.samples = [r]
-        st.period_start = current
-        return out
+        cut = st.closed_until
+        return [self._total(st, p) for p in settled if cut is None or p.start_ms >= cut][-MAX_EMPTY_PERIODS:]
 
     def _aggregate(self, st: _Point, agg: PeriodAggregate) -> Derived:
         body = {"point": st.spec.name, "unit": st.spec.unit, "period_start": agg.start_ms, "period_end": agg.end_ms,
@@ -234,7 +431,9 @@ class RulesStage:
             return []
         if hist:
             # Hours with no record at all (the gateway was down) are missing operating hours, not absent.
-            for h in range(max(hist[-1].hour + 1, hv.hour - MAX_EMPTY_PERIODS), hv.hour):
+            # Hours a forward clock step skipped were never lived by the gateway: not operating hours.
+            first = max(hist[-1].hour + 1, hv.hour - MAX_EMPTY_PERIODS, st.fill_from_hour or 0)
+            for h in range(first, hv.hour):
                 hist.append(HourValue(h, None))
         hist.append(hv)
         if hv.value is None:

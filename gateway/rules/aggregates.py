@@ -12,11 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.model import REASON_CALIBRATION, REASON_MAINTENANCE, Quality
 from gateway.rules.exact import fraction_text, to_fraction
-from gateway.rules.hour_validity import MRR_MIN_FRACTION, fraction_rule, quadrant_rule
+from gateway.rules.hour_validity import MRR_MIN_FRACTION, QUADRANT_MS, fraction_rule, quadrant_rule
 
 HOUR_MS = 3_600_000
 
@@ -116,3 +116,103 @@ def aggregate_periods(samples: Sequence[Sample], *, period_ms: int = HOUR_MS, ca
         groups.setdefault(origin_ms + ((s.ts_ms - origin_ms) // period_ms) * period_ms, []).append(s)
     return tuple(aggregate_period(groups[start], start, period_ms=period_ms, cadence_ms=cadence_ms, rule=rule)
                  for start in sorted(groups))
+
+
+@dataclass(slots=True)
+class PeriodSummary:
+    """The running summary of one open period: what ``aggregate_period`` needs, updated reading by reading.
+
+    Memory is O(1) per point whatever the number of readings (issue 8): counts, the exact sum of the
+    valid values (an integer numerator over a power of two, so the mean is exactly today's
+    ``exact_mean``), min/max in the same first-wins order as ``min()``/``max()``, the Part 75 quadrants
+    covered (a bit mask), the first and last offset of a valid point (the relaxed calibration-hour
+    rule) and whether a calibration or maintenance reason occurred. ``summarize`` turns it into the
+    same ``PeriodAggregate`` that ``aggregate_period`` gives for the same readings (a property test
+    checks that over random reading sequences).
+    """
+
+    start_ms: int
+    period_ms: int
+    count: int = 0
+    valid_count: int = 0
+    sum_num: int = 0  # exact sum of the valid values = sum_num / 2**sum_exp
+    sum_exp: int = 0
+    minimum: float | None = None
+    maximum: float | None = None
+    quadrants: int = 0  # bit q: a valid point in 15-minute quadrant q
+    valid_lo_ms: int | None = None  # smallest and largest offset of a valid point in the period
+    valid_hi_ms: int | None = None
+    cal_or_maint: bool = False  # a reading with a calibration or maintenance reason
+
+    def add(self, s: Sample) -> None:
+        """One reading; readings outside [start_ms, start_ms + period_ms) are ignored, like aggregate_period."""
+        t = s.ts_ms - self.start_ms
+        if t < 0 or t >= self.period_ms:
+            return
+        self.count += 1
+        if s.reason == REASON_CALIBRATION or s.reason == REASON_MAINTENANCE:
+            self.cal_or_maint = True
+        v = s.value
+        if s.quality is not Quality.GOOD or v is None or not math.isfinite(v):
+            return
+        self.valid_count += 1
+        num, den = v.as_integer_ratio()
+        exp = den.bit_length() - 1  # den is a power of two for a float
+        if exp > self.sum_exp:
+            self.sum_num <<= exp - self.sum_exp
+            self.sum_exp = exp
+        self.sum_num += num << (self.sum_exp - exp)
+        if self.minimum is None or v < self.minimum:
+            self.minimum = v
+        if self.maximum is None or v > self.maximum:
+            self.maximum = v
+        self.quadrants |= 1 << (t // QUADRANT_MS)
+        if self.valid_lo_ms is None or t < self.valid_lo_ms:
+            self.valid_lo_ms = t
+        if self.valid_hi_ms is None or t > self.valid_hi_ms:
+            self.valid_hi_ms = t
+
+    def mean(self) -> float:
+        if not self.valid_count:
+            raise ValueError("mean of no values")
+        return float(Fraction(self.sum_num, self.valid_count << self.sum_exp))
+
+    def to_json(self) -> dict[str, Any]:
+        """A checkpoint of the summary (JSON-safe: the exact sum as a hex string)."""
+        return {"start_ms": self.start_ms, "period_ms": self.period_ms, "count": self.count,
+                "valid_count": self.valid_count, "sum_num": hex(self.sum_num), "sum_exp": self.sum_exp,
+                "min": self.minimum, "max": self.maximum, "quadrants": self.quadrants,
+                "valid_lo_ms": self.valid_lo_ms, "valid_hi_ms": self.valid_hi_ms, "cal_or_maint": self.cal_or_maint}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PeriodSummary:
+        return cls(int(d["start_ms"]), int(d["period_ms"]), int(d["count"]), int(d["valid_count"]),
+                   int(d["sum_num"], 16), int(d["sum_exp"]), d["min"], d["max"], int(d["quadrants"]),
+                   d["valid_lo_ms"], d["valid_hi_ms"], bool(d["cal_or_maint"]))
+
+
+def summarize(summary: PeriodSummary, *, cadence_ms: int, rule: PeriodRule | None = None) -> PeriodAggregate:
+    """The aggregate of a running summary: equal to ``aggregate_period`` over the readings it was fed."""
+    period_ms = summary.period_ms
+    if cadence_ms < 1 or period_ms < cadence_ms:
+        raise ValueError("cadence_ms must be positive and not longer than the period")
+    rule = rule or PeriodRule.mrr()
+    start_ms = summary.start_ms
+    possible = period_ms // cadence_ms
+    n_valid = summary.valid_count
+    relaxed = False
+    if rule.kind == "part75":
+        if period_ms < QUADRANT_MS or period_ms % QUADRANT_MS:
+            raise ValueError("period_ms must be a whole number of 15-minute quadrants")
+        relaxed = summary.cal_or_maint
+        valid = summary.quadrants.bit_count() == period_ms // QUADRANT_MS
+        if not valid and relaxed and n_valid:
+            assert summary.valid_lo_ms is not None
+            assert summary.valid_hi_ms is not None
+            valid = n_valid >= 2 and summary.valid_hi_ms - summary.valid_lo_ms >= QUADRANT_MS
+    else:
+        valid = n_valid > 0 and min(Fraction(n_valid, possible), Fraction(1)) >= rule.min_fraction
+    mean = summary.mean() if valid else None
+    share = min(Fraction(n_valid, possible), Fraction(1))
+    return PeriodAggregate(start_ms, start_ms + period_ms, summary.count, n_valid, possible, float(share),
+                           fraction_text(share), valid, mean, summary.minimum, summary.maximum, rule.kind, relaxed)

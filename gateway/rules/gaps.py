@@ -32,6 +32,7 @@ class GapCause(StrEnum):
     INVALID_DATA = "invalid_data"
     DEVICE_MAINTENANCE = "device_maintenance"
     GATEWAY_DOWN = "gateway_down"
+    GATEWAY_OVERLOAD = "gateway_overload"  # polls late because the gateway was busy (one per instrument)
 
 
 _COMMUNICATION_REASONS = frozenset({REASON_NO_COMMUNICATION, REASON_TIMEOUT, "driver_error", "device_rejected"})

@@ -184,3 +184,111 @@ def consumption_between(samples: Sequence[Sample], config: TotalizerConfig,
             return None
         total += inc.amount
     return total
+
+
+@dataclass(slots=True)
+class RunningTotal:
+    """Totalizer consumption settled increment by increment: O(1) memory per point (issue 8).
+
+    Keeps only the last good reading and the accumulators of the open period (and, transiently, of the
+    periods one increment spans). ``feed`` takes good readings in time order and returns the periods that
+    the reading settled: every period from the open one up to, not including, the reading's own period.
+    This is what the runtime got before from ``totalize_periods`` over the anchor and the readings of the
+    open period; each increment's share of a period is counted in exactly one returned period.
+    """
+
+    period_ms: int
+    origin_ms: int = 0
+    last_ts_ms: int | None = None  # the last good reading
+    last_value: float | None = None
+    period_start: int | None = None  # the open period
+    acc: dict[int, _Accumulator] | None = None  # open (and spanned) periods' accumulators
+
+    def _start_of(self, ts: int) -> int:
+        return self.origin_ms + ((ts - self.origin_ms) // self.period_ms) * self.period_ms
+
+    def _acc(self, s: int) -> _Accumulator:
+        assert self.acc is not None
+        a = self.acc.get(s)
+        if a is None:
+            a = self.acc[s] = _Accumulator()
+        return a
+
+    def feed(self, ts_ms: int, value: float, config: TotalizerConfig) -> list[TotalizerPeriod]:
+        """One good reading (finite value, not before the previous good one)."""
+        period_ms = self.period_ms
+        current = self._start_of(ts_ms)
+        if self.last_ts_ms is None or self.last_value is None or self.period_start is None or self.acc is None:
+            self.last_ts_ms, self.last_value, self.period_start = ts_ms, value, current
+            self.acc = {}
+            self._acc(current).readings += 1
+            return []
+        prev_ts, prev_value = self.last_ts_ms, self.last_value
+        self.last_ts_ms, self.last_value = ts_ms, value
+        self._acc(current).readings += 1
+        amount, rolled = _delta(prev_value, value, config)
+        recovered = ts_ms - prev_ts > config.max_interval_ms and amount is not None
+        duration = ts_ms - prev_ts
+        if duration == 0:  # two readings with one timestamp: nothing to split
+            a = self._acc(current)
+            if amount is None:
+                a.resets += 1
+            else:
+                a.amount += amount
+        else:
+            last_period = self._start_of(ts_ms - 1)
+            for s in range(max(self._start_of(prev_ts), self.period_start), last_period + period_ms, period_ms):
+                overlap = min(ts_ms, s + period_ms) - max(prev_ts, s)
+                a = self._acc(s)
+                if amount is None:
+                    a.resets += 1
+                    continue
+                a.amount += amount * Fraction(overlap, duration)
+                a.covered_ms += overlap
+                a.recovered = a.recovered or recovered
+                a.interpolated = a.interpolated or (recovered and overlap < duration)
+                a.rollovers += 1 if rolled and s == last_period else 0
+        if current <= self.period_start:
+            return []
+        settled = []
+        for s in range(self.period_start, current, period_ms):
+            a = self.acc.pop(s, None) or _Accumulator()
+            settled.append(TotalizerPeriod(s, s + period_ms, float(a.amount), fraction_text(a.amount), a.covered_ms,
+                                           a.covered_ms == period_ms, a.recovered, a.interpolated, a.rollovers,
+                                           a.resets, a.readings))
+        self.period_start = current
+        return settled
+
+    def skip(self, delta_ms: int) -> list[TotalizerPeriod]:
+        """A forward wall-clock step: the periods it jumps over were never lived and get no record. The open
+        period settles with what it holds; the last good reading moves into the new timeline, so the next
+        increment (the counter difference across the step) is counted there and nothing is lost."""
+        if self.last_ts_ms is None or self.period_start is None or self.acc is None:
+            return []
+        self.last_ts_ms += delta_ms
+        new_start = self._start_of(self.last_ts_ms)
+        settled = []
+        for s in sorted(k for k in self.acc if k < new_start):
+            a = self.acc.pop(s)
+            settled.append(TotalizerPeriod(s, s + self.period_ms, float(a.amount), fraction_text(a.amount),
+                                           a.covered_ms, a.covered_ms == self.period_ms, a.recovered, a.interpolated,
+                                           a.rollovers, a.resets, a.readings))
+        self.period_start = max(self.period_start, new_start)
+        return settled
+
+    def to_json(self) -> dict[str, object]:
+        acc = self.acc or {}
+        return {"period_ms": self.period_ms, "origin_ms": self.origin_ms, "last_ts_ms": self.last_ts_ms,
+                "last_value": self.last_value, "period_start": self.period_start,
+                "acc": None if self.acc is None else [
+                    [s, fraction_text(a.amount), a.covered_ms, a.recovered, a.interpolated, a.rollovers, a.resets,
+                     a.readings] for s, a in acc.items()]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> RunningTotal:
+        raw = d.get("acc")
+        acc = None if raw is None else {
+            int(s): _Accumulator(Fraction(amount), int(cov), bool(rec), bool(interp), int(roll), int(res), int(n))
+            for s, amount, cov, rec, interp, roll, res, n in raw}  # type: ignore[attr-defined]
+        return cls(int(d["period_ms"]), int(d.get("origin_ms", 0)), d.get("last_ts_ms"),  # type: ignore[arg-type]
+                   d.get("last_value"), d.get("period_start"), acc)  # type: ignore[arg-type]
