@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from drivers.dlt645.frame import (
     format_address,
     parse_address,
 )
+from gateway.shutdown import stop_on_signals
 from simulators.signals import SignalState
 
 PROFILE = Path(__file__).resolve().parent.parent / "drivers" / "dlt645" / "profiles" / "dlt645_three_phase.yaml"
@@ -370,20 +370,16 @@ async def _serve(args: argparse.Namespace) -> int:
         host, _, port = args.tcp.rpartition(":")
         server = Dlt645TcpServer(host or "127.0.0.1", int(port), meters)
         where = args.tcp
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except (RuntimeError, OSError) as err:
         print(f"cannot serve on {where}: {err}", file=sys.stderr)
         return 2
     try:
-        for m in meters:
-            print(f"simulating DL/T 645 meter {m.nameplate} on {where}", flush=True)
-        await stop.wait()
+        with stop_on_signals() as stop:
+            for m in meters:
+                print(f"simulating DL/T 645 meter {m.nameplate} on {where}", flush=True)
+            await stop.wait()
     finally:
         await server.stop()
     return 0
