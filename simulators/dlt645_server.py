@@ -217,6 +217,7 @@ class _Server:
     def __init__(self, meters: Sequence[SimulatedMeter], update_interval_s: float) -> None:
         self.meters = list(meters)
         self.update_interval_s = update_interval_s
+        self.echo = False  # knob: send every received byte back first, like a 2-wire adapter that hears itself
         self._ticker: asyncio.Task[None] | None = None
 
     def by_address(self, nameplate: str) -> SimulatedMeter:
@@ -279,6 +280,8 @@ class Dlt645SerialServer(_Server):
         except (serial.SerialException, OSError):  # the pty went away: stop serving
             asyncio.get_running_loop().remove_reader(ser.fileno())
             return
+        if self.echo:
+            ser.write(data)
         for answer in self._bus.feed(data):
             ser.write(answer)
 
@@ -314,6 +317,8 @@ class Dlt645TcpServer(_Server):
         bus = Dlt645Bus(self.meters)
         try:
             while data := await reader.read(512):
+                if self.echo:
+                    writer.write(data)
                 for answer in bus.feed(data):
                     writer.write(answer)
                 await writer.drain()

@@ -87,6 +87,7 @@ async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[C
         conns.append(conn)
         return conn
 
+    make.servers = servers  # type: ignore[attr-defined]
     yield make
     for c in conns:
         await c.close()
@@ -121,6 +122,16 @@ async def test_reads_every_quantity_of_two_meters_on_one_line(bus: Callable[...,
     assert 200 < by_name["voltage_a"] < 260
     assert by_name["combined_active_energy"] == pytest.approx(by_name["forward_active_energy"] - 12.34)
     assert by_name["frequency"] == pytest.approx(50.0, abs=0.06)
+
+
+async def test_echo_of_our_own_request_is_skipped(bus: Callable[..., object]) -> None:
+    m = meter(A1)
+    conn = await bus([m])  # type: ignore[misc]
+    server = bus.servers[-1]  # type: ignore[attr-defined]
+    server.echo = True  # RS-485 adapters without echo suppression hand the master its own request back
+    samples = await conn.read(device(A1))
+    assert {(s.quality, s.reason) for s in samples} == {(Quality.GOOD, "")}
+    assert await conn.read_address(TIMEOUT) == A1
 
 
 async def test_discovery_of_the_single_meter_on_the_line(bus: Callable[..., object]) -> None:
