@@ -4,33 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.modbus.client import ModbusConnection
 from drivers.modbus.tcp import tcp_connection
 from gateway import __version__
-from gateway.clock import Clock, SystemClock
+from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
 from gateway.encode import JsonEncoder
-from gateway.errors import PublishError
+from gateway.errors import PublishError, StoreError
 from gateway.forwarder import Forwarder
 from gateway.ingest import Ingest
 from gateway.instruments import InstrumentSpec
-from gateway.poller import ConnectionPoller
+from gateway.model import REASON_GATEWAY_FAULT, Derived, Reading
+from gateway.overload import OverloadMonitor
+from gateway.poller import ConnectionPoller, failed_samples
 from gateway.queue import ReadingQueue
 from gateway.registry import Config
 from gateway.rules_stage import RulesStage
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
+from gateway.supervisor import FAILED, Supervisor
 
 log = logging.getLogger("gateway.app")
 
 AUTH_CHECK_S = 10.0  # how long `run` waits for the broker's first answer before going on regardless
 SHUTDOWN_WAIT_S = 5.0
 WRITE_CHUNK = 2_000  # readings per transaction at most (~40 ms of rules + commit on this machine)
+INBOX_INTERVAL_S = 1.0  # how often the corrections inbox is looked at
+SYNC_CHECK_S = 10.0  # how often the kernel clock's synchronisation state is read
 
 
 def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[InstrumentSpec]]:
@@ -60,6 +66,22 @@ class Gateway:
     clock: Clock = field(default_factory=SystemClock)
     pollers: list[ConnectionPoller] = field(default_factory=list)
     subscribers: list[tuple[InstrumentSpec, Any]] = field(default_factory=list)  # (spec, OpcUaDriver)
+    # Supervision: restart backoff and how long a restarted task must run to count as recovered.
+    restart_backoff_s: tuple[float, float] = (1.0, 30.0)
+    healthy_after_s: float = 10.0
+    monitor_interval_s: float = 0.5
+    sync_probe: Callable[[], bool | None] = kernel_synchronised
+    supervisor: Supervisor = field(init=False)
+    timekeeper: TimeKeeper = field(init=False)
+    overload: OverloadMonitor = field(default_factory=OverloadMonitor)
+    rules: RulesStage | None = field(default=None, init=False)  # the writer's, for tests and status
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(backoff_min_s=self.restart_backoff_s[0], backoff_max_s=self.restart_backoff_s[1],
+                                     healthy_after_s=self.healthy_after_s, fatal=(StoreError,))
+        self.timekeeper = TimeKeeper(self.clock, sync_probe=self.sync_probe)
+        self._events: list[tuple[str, Any]] = []  # clock steps / overload changes for the rules stage
+        self._held: list[Reading] = []  # taken from the queue, not yet committed (kept across writer restarts)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -71,7 +93,8 @@ class Gateway:
                               status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site)
         self.pollers = [
             ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
-                             backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s)
+                             backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s,
+                             on_poll_start=self.overload.poll_started)
             for specs in group_by_endpoint(cfg.instruments).values()
         ]
         for line in cfg.warnings:
@@ -86,52 +109,85 @@ class Gateway:
         log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
                  __version__, sum(len(p.specs) for p in self.pollers) + len(self.subscribers),
                  len(self.pollers) + len(self.subscribers), st.store.path, st.mqtt.host, st.mqtt.port, cfg.version)
+        self.timekeeper.check_sync()
+        self.timekeeper.check()
         loop = asyncio.get_running_loop()
         signals = contextlib.ExitStack()
         stop = signals.enter_context(stop_on_signals())
-        tasks = [asyncio.create_task(p.run(), name=f"poll {p.conn.name}") for p in self.pollers]
+        sup = self.supervisor
+        for p in self.pollers:
+            sup.spawn(self._poller_name(p), p.run, on_failure=self._mark_failed(p.specs, queue))
         ingest = Ingest(queue, [spec for spec, _drv in self.subscribers])
-        tasks += [asyncio.create_task(drv.run(ingest), name=f"subscribe {spec.id}")
-                  for spec, drv in self.subscribers]
-        tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
-        writer = asyncio.create_task(self._write(queue, store, forwarder), name="writer")
-        pruner = asyncio.create_task(self._prune(store), name="pruner")
+        for spec, drv in self.subscribers:
+            sup.spawn(f"subscribe {spec.id}", functools.partial(drv.run, ingest),
+                      on_failure=self._mark_failed([spec], queue))
+        sup.spawn("forwarder", forwarder.run)
+        sup.spawn("writer", functools.partial(self._write, queue, store, forwarder))
+        sup.spawn("inbox", functools.partial(self._inbox, store, forwarder))
+        sup.spawn("pruner", functools.partial(self._prune, store))
+        sup.spawn("monitor", functools.partial(self._monitor, queue))
         stopper = asyncio.create_task(stop.wait(), name="stop signal")
+        fatal = asyncio.create_task(sup.wait_fatal(), name="fatal failure")
         auth = asyncio.create_task(self._first_connect(forwarder), name="broker login check")
+        failure: BaseException | None = None
         try:
             deadline = None if duration_s is None else loop.time() + duration_s
-            waiting: set[asyncio.Task[Any]] = {stopper, writer, auth}
+            waiting: set[asyncio.Task[Any]] = {stopper, fatal, auth}
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
                 done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done or stopper in done:
                     break  # --duration elapsed, or SIGINT/SIGTERM
-                if writer in done:
-                    writer.result()  # a store failure is fatal: surface it
+                if fatal in done:
+                    failure = fatal.result()[1]  # the store failed: nothing can be kept, stop (exit 4)
                     break
                 if auth in done:
                     waiting.discard(auth)
                     if auth.result() is not None:
                         raise PublishError(auth.result())  # e.g. bad credentials: exit 3, one line
         finally:
-            for t in [*tasks, pruner, stopper, auth]:
+            for t in (stopper, fatal, auth):
                 t.cancel()
+            await asyncio.wait([stopper, fatal, auth], timeout=SHUTDOWN_WAIT_S)
             # Bounded: a task that ignores its cancellation must not keep the gateway from committing
             # what is queued and exiting.
-            _done, stuck = await asyncio.wait([*tasks, pruner, stopper, auth], timeout=SHUTDOWN_WAIT_S)
-            for t in stuck:
-                log.error("task %s did not stop within %.0f s; exiting without it", t.get_name(), SHUTDOWN_WAIT_S)
+            await sup.stop([n for n in sup.names if n != "writer"], timeout_s=SHUTDOWN_WAIT_S)
             for _spec, drv in self.subscribers:
                 await drv.close()
-            writer.cancel()
-            await asyncio.wait([writer], timeout=SHUTDOWN_WAIT_S)
-            # Nothing polled is lost on a clean stop: commit what is still queued.
-            store.commit(queue.take(len(queue)), now_ms=self.clock.wall_ms(),
-                         per_message=st.mqtt.readings_per_message, acked=forwarder.take_acks())
-            forwarder.shutdown()
-            store.commit([], now_ms=self.clock.wall_ms(), per_message=1, acked=forwarder.take_acks())
-            store.close()
-            signals.close()
+            await sup.stop(["writer"], timeout_s=SHUTDOWN_WAIT_S)
+            try:
+                if failure is None:
+                    # Nothing polled is lost on a clean stop: commit what is still queued.
+                    held, self._held = self._held, []
+                    store.commit(self._mark(held + queue.take(len(queue))), now_ms=self.clock.wall_ms(),
+                                 per_message=st.mqtt.readings_per_message, acked=forwarder.take_acks())
+                forwarder.shutdown()
+                if failure is None:
+                    store.commit([], now_ms=self.clock.wall_ms(), per_message=1, acked=forwarder.take_acks())
+            except StoreError as err:
+                failure = failure or err
+            finally:
+                store.close()
+                signals.close()
+        if failure is not None:
+            raise failure
+
+    @staticmethod
+    def _poller_name(p: ConnectionPoller) -> str:
+        return f"poll {p.conn.name}"
+
+    def _mark_failed(self, specs: Sequence[InstrumentSpec],
+                     queue: ReadingQueue) -> Callable[[BaseException], Awaitable[None]]:
+        """After a polling task failed: one bad reading per point, reason `gateway_fault`, so the gap that
+        follows is the gateway's (cause gateway_down), never blamed on the meter's communication."""
+        ingest = Ingest(queue, specs)
+
+        async def record(_err: BaseException) -> None:
+            now = self.clock.wall_ms()
+            for spec in specs:
+                await ingest(spec.id, failed_samples(spec, now, REASON_GATEWAY_FAULT))
+
+        return record
 
     async def _first_connect(self, forwarder: Forwarder) -> str | None:
         for _ in range(int(AUTH_CHECK_S / 0.05)):
@@ -166,33 +222,92 @@ class Gateway:
         st = self.config.settings
         interval = st.store.commit_interval_ms / 1000
         per_message = st.mqtt.readings_per_message
-        rules = self._rules(store)
-        inbox = Inbox(inbox_for(st.store.path), self.config)
-        next_inbox = 0.0
-        loop = asyncio.get_running_loop()
+        self.rules = rules = self._rules(store)
+        events_seen = len(self._events)
+        if self.overload.active:  # a restarted writer: its rules stage is new
+            rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
         while True:
-            if len(queue) < WRITE_CHUNK:
+            if not self._held and len(queue) < WRITE_CHUNK:
                 await queue.wait(interval)
                 await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
             else:
                 await asyncio.sleep(0)  # behind: commit the next chunk at once, but let pollers run between
+            self._check_clock()
             # Bounded chunks keep each synchronous stretch (rules + commit) short, so the pollers' schedules
-            # hold even when a backlog builds up.
-            readings, derived = rules.process(queue.take(WRITE_CHUNK))
+            # hold even when a backlog builds up. A chunk stays held until committed, so a writer that
+            # fails and restarts takes it up again instead of losing it.
+            if not self._held:
+                self._held = self._mark(queue.take(WRITE_CHUNK))
+            derived: list[Derived] = []
             now = self.clock.wall_ms()
+            for kind, arg in self._events[events_seen:]:
+                if kind == "step":
+                    derived += rules_hook(rules, "on_clock_step", arg.delta_ms, arg.new_ms)
+                else:
+                    derived += rules_hook(rules, "set_overloaded", arg, now)
+            events_seen = len(self._events)
+            readings, more = rules.process(self._held)
+            derived += more
             derived += rules.tick(now)
-            ingested: list[Any] = []
-            if loop.time() >= next_inbox:
-                corrections, ingested = inbox.collect(store, now)
-                derived += corrections
-                next_inbox = loop.time() + 1.0
             acks = forwarder.take_acks()
             if readings or acks or derived:
                 created = store.commit(readings, now_ms=now, per_message=per_message, acked=acks, derived=derived)
+                if created:
+                    forwarder.notify()
+            self._held = []
+
+    def _check_clock(self) -> None:
+        step = self.timekeeper.check()
+        if step is not None:
+            self._events.append(("step", step))
+
+    def _mark(self, readings: list[Reading]) -> list[Reading]:
+        """Readings stamped just after a wall-clock step carry reason `clock_stepped` (their value is as
+        read; their timestamp may be on either side of the step). A reading that already has a reason
+        keeps it."""
+        tk = self.timekeeper
+        if not tk.marking:
+            return readings
+        return [r._replace(reason=REASON_CLOCK_STEPPED) if not r.reason and tk.doubtful(r.ts_ms) else r
+                for r in readings]
+
+    async def _inbox(self, store: Store, forwarder: Forwarder) -> None:
+        """Manual corrections queued by `carbon-gateway correct`, stored and published as records."""
+        st = self.config.settings
+        inbox = Inbox(inbox_for(st.store.path), self.config)
+        while True:
+            await asyncio.sleep(INBOX_INTERVAL_S)
+            now = self.clock.wall_ms()
+            corrections, ingested = inbox.collect(store, now)
+            if corrections:
+                created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message, acked=[],
+                                       derived=corrections)
                 for path in ingested:
                     path.unlink(missing_ok=True)  # only once its record is committed
                 if created:
                     forwarder.notify()
+
+    async def _monitor(self, queue: ReadingQueue) -> None:
+        """Clock steps, kernel clock synchronisation and overload, checked every monitor interval."""
+        loop = asyncio.get_running_loop()
+        interval = self.monitor_interval_s
+        window_s, next_window, next_sync = 1.0, loop.time() + 1.0, loop.time() + SYNC_CHECK_S
+        max_lag = 0.0
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            max_lag = max(max_lag, loop.time() - before - interval)  # how late the loop woke us: busy
+            self._check_clock()
+            now = loop.time()
+            if now >= next_window:
+                change = self.overload.tick(now_ms=self.clock.wall_ms(), loop_lag_s=max_lag,
+                                            blocked_puts=queue.blocked_puts)
+                if change is not None:
+                    self._events.append(("overload", change))
+                max_lag, next_window = 0.0, now + window_s
+            if now >= next_sync:
+                self.timekeeper.check_sync()
+                next_sync = now + SYNC_CHECK_S
 
     async def _prune(self, store: Store) -> None:
         st = self.config.settings.store
@@ -208,10 +323,26 @@ class Gateway:
                           store.path, stats.size_bytes / 1e6, st.size_alarm_mb)
 
     def _status_extra(self) -> dict[str, Any]:
+        sup = self.supervisor
         instruments: dict[str, Any] = {}
         for p in self.pollers:
+            task = sup.info(self._poller_name(p))
             for sid, h in p.health.items():
-                instruments[sid] = h.status()
+                instruments[sid] = {**h.status(), "late_polls": p.late_polls.get(sid, 0)}
+                if task is not None and task.state == FAILED:
+                    instruments[sid].update(state="failed", last_error=task.error)
         for spec, drv in self.subscribers:
+            task = sup.info(f"subscribe {spec.id}")
             instruments[spec.id] = drv.health.status()
-        return {"version": __version__, "instruments": instruments}
+            if task is not None and task.state == FAILED:
+                instruments[spec.id].update(state="failed", last_error=task.error)
+        return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
+                "clock": self.timekeeper.status(), "overload": self.overload.status()}
+
+
+def rules_hook(rules: RulesStage, name: str, *args: Any) -> list[Derived]:
+    """Call a rules-stage hook (on_clock_step, set_overloaded) if this rules stage has it."""
+    hook = getattr(rules, name, None)
+    if hook is None:
+        return []
+    return list(hook(*args) or [])

@@ -1,6 +1,7 @@
 """`carbon-gateway`: validate, run, simulate, watch, rules evaluate.
 
-Exit codes: 0 ok, 1 runtime failure, 2 configuration error, 3 broker refused us.
+Exit codes: 0 ok, 1 runtime failure, 2 configuration error, 3 broker refused us,
+4 the store failed (cannot be opened, corrupt, or a commit failed, e.g. disk full): nothing can be kept.
 Errors are printed as one line each, never as a traceback.
 """
 
@@ -17,7 +18,7 @@ from gateway import __version__
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
-EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG, EXIT_BROKER = 0, 1, 2, 3
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG, EXIT_BROKER, EXIT_STORE = 0, 1, 2, 3, 4
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKER
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return EXIT_STORE
     except ConfigError as err:
         print(err.one_line(), file=sys.stderr)
         return EXIT_CONFIG

@@ -48,6 +48,7 @@ REASON_TIMEOUT = "timeout"
 REASON_NAN = "nan"
 REASON_CALIBRATION = "calibration"
 REASON_MAINTENANCE = "maintenance"
+REASON_GATEWAY_FAULT = "gateway_fault"  # the gateway's own task serving the instrument failed (supervisor)
 
 
 class RawSample(NamedTuple):

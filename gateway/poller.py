@@ -32,7 +32,8 @@ def failed_samples(spec: InstrumentSpec, ts_ms: int, reason: str) -> list[RawSam
 class ConnectionPoller:
     def __init__(self, conn: PollingDriver, specs: Sequence[InstrumentSpec], out: ReadingQueue, clock: Clock,
                  *, backoff_min_s: float, backoff_max_s: float, seed: int | None = None,
-                 on_readings: Callable[[str, int], None] | None = None) -> None:
+                 on_readings: Callable[[str, int], None] | None = None,
+                 on_poll_start: Callable[[str, float, float], None] | None = None) -> None:
         self.conn = conn
         self.specs = list(specs)
         self.out = out
@@ -41,6 +42,8 @@ class ConnectionPoller:
         self._backoff = (backoff_min_s, backoff_max_s)
         self._rng = random.Random(seed)
         self.ingest = Ingest(out, specs, on_readings=on_readings)
+        self.late_polls = {s.id: 0 for s in specs}  # polls that started over half an interval after their due time
+        self._on_poll_start = on_poll_start  # (instrument, seconds late, interval): overload detection
 
     async def run(self) -> None:
         start = self.clock.monotonic()
@@ -55,6 +58,12 @@ class ConnectionPoller:
                 delay = at - self.clock.monotonic()
                 if delay > 0:
                     await self.clock.sleep(delay)
+                if not_before[spec.id] <= due[spec.id]:  # on schedule, not backing off: how late did it start?
+                    late = self.clock.monotonic() - due[spec.id]
+                    if late > 0.5 * spec.poll_interval_s:
+                        self.late_polls[spec.id] += 1
+                    if self._on_poll_start is not None:
+                        self._on_poll_start(spec.id, late, spec.poll_interval_s)
                 await self._poll(spec, due, not_before)
         finally:
             await self.conn.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.model import (
     REASON_CALIBRATION,
+    REASON_GATEWAY_FAULT,
     REASON_MAINTENANCE,
     REASON_NO_COMMUNICATION,
     REASON_TIMEOUT,
@@ -45,6 +46,8 @@ def cause_for_reason(reason: str) -> GapCause:
         return GapCause.COMMUNICATION_LOSS
     if reason in _MAINTENANCE_REASONS:
         return GapCause.DEVICE_MAINTENANCE
+    if reason == REASON_GATEWAY_FAULT:
+        return GapCause.GATEWAY_DOWN  # the gateway's polling task failed: not the meter's communication
     return GapCause.INVALID_DATA
 
 

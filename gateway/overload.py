@@ -1,0 +1,98 @@
+"""Overload: the gateway is too busy to keep its polling schedule (issue 8: plateau, do not collapse).
+
+A poll that starts late because the event loop was busy, or because the store writer fell behind and
+the bounded queue pushed back, is the gateway's fault, not the meter's. The monitor looks at each
+window of `window_s` seconds:
+
+- the share of polled instruments whose poll started later than `late_fraction` of its interval
+  after its due time (most instruments late: the gateway, not one meter, is slow);
+- the event loop's lag (how late a timer fires);
+- producers blocked on the full reading queue.
+
+Overload starts after `start_windows` bad windows in a row and ends after `end_windows` good ones:
+one log line each, `status()` for the status topic, and the rules stage is told (so late polls are
+not counted as communication failures per point).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("gateway.overload")
+
+
+@dataclass
+class _Window:
+    polled: set[str] = field(default_factory=set)
+    late: set[str] = field(default_factory=set)
+    late_polls: int = 0
+    max_late_s: float = 0.0
+
+
+class OverloadMonitor:
+    def __init__(self, *, late_fraction: float = 0.5, majority: float = 0.5, lag_threshold_s: float = 0.5,
+                 start_windows: int = 2, end_windows: int = 3) -> None:
+        self.late_fraction = late_fraction
+        self.majority = majority
+        self.lag_threshold_s = lag_threshold_s
+        self.start_windows = start_windows
+        self.end_windows = end_windows
+        self.active = False
+        self.since_ms: int | None = None
+        self.late_polls = 0  # polls that started late, since the gateway started
+        self.episodes = 0
+        self._window = _Window()
+        self._bad_run = 0
+        self._good_run = 0
+        self._blocked_seen = 0
+        self._why = ""
+        self._start_late = 0
+
+    def poll_started(self, instrument: str, late_s: float, interval_s: float) -> None:
+        """A poller starts a poll `late_s` after its due time (called by ConnectionPoller)."""
+        w = self._window
+        w.polled.add(instrument)
+        if late_s > self.late_fraction * interval_s:
+            w.late.add(instrument)
+            w.late_polls += 1
+            self.late_polls += 1
+            w.max_late_s = max(w.max_late_s, late_s)
+
+    def tick(self, *, now_ms: int, loop_lag_s: float, blocked_puts: int) -> bool | None:
+        """Close a window. Returns True when overload starts, False when it ends, None otherwise."""
+        w, self._window = self._window, _Window()
+        blocked = blocked_puts - self._blocked_seen
+        self._blocked_seen = blocked_puts
+        reasons = []
+        if w.polled and len(w.late) > self.majority * len(w.polled):
+            reasons.append(f"{len(w.late)} of {len(w.polled)} instruments polled late (up to {w.max_late_s:.1f} s)")
+        if loop_lag_s > self.lag_threshold_s:
+            reasons.append(f"event loop {loop_lag_s:.2f} s behind")
+        if blocked > 0:
+            reasons.append(f"reading queue full ({blocked} blocked puts)")
+        if reasons:
+            if not self._bad_run and not self.active:
+                self._start_late = self.late_polls - w.late_polls  # the episode counts from its first bad window
+            self._bad_run += 1
+            self._good_run = 0
+            self._why = "; ".join(reasons)
+        else:
+            self._good_run += 1
+            self._bad_run = 0
+        if not self.active and self._bad_run >= self.start_windows:
+            self.active, self.since_ms = True, now_ms
+            self.episodes += 1
+            log.warning("overload: the gateway cannot keep its polling schedule (%s); late polls are not "
+                        "counted as communication failures", self._why)
+            return True
+        if self.active and self._good_run >= self.end_windows:
+            log.info("overload ended after %.1f s (%d late polls)", (now_ms - (self.since_ms or now_ms)) / 1000,
+                     self.late_polls - self._start_late)
+            self.active, self.since_ms = False, None
+            return False
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"active": self.active, "since": self.since_ms, "late_polls": self.late_polls}
