@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        cfg = _load(args.config)
+        from gateway.registry import load_config
+
+        cfg = load_config(args.config, check_store=True)
         if args.live:
             from gateway.live_check import live_check
 
@@ -130,6 +132,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _load(args.config)
         cfg = _override(cfg, mqtt_url=args.mqtt_url, store=args.store)
+        from gateway.registry import check_store_path
+
+        for problem in check_store_path(cfg.settings.store.path):  # one line and exit 1, not a traceback
+            raise StoreError(problem.message)
         clock = SystemClock()
         if args.time_scale:
             from gateway.corrections import parse_time
@@ -155,6 +161,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "watch":
         from gateway.watch import watch
 
+        _check_url_arg(args.mqtt_url)
         return watch(args.mqtt_url, args.prefix, duration_s=args.duration, until_instruments=args.until_instruments)
     if args.command == "schema":
         from gateway.config_schema import config_schemas, render
@@ -168,14 +175,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _check_url_arg(url: str) -> None:
+    from gateway.settings import check_mqtt_url
+
+    try:
+        check_mqtt_url(url)
+    except ValueError as err:
+        raise ConfigError(str(err), file="--mqtt-url") from None
+
+
 def _override(cfg, *, mqtt_url: str | None, store: Path | None):
     import dataclasses
 
     settings = cfg.settings
     if mqtt_url is not None:
-        from gateway.settings import MqttSettings
-
-        mqtt = MqttSettings.model_validate({**settings.mqtt.model_dump(), "url": mqtt_url})
+        _check_url_arg(mqtt_url)
+        mqtt = settings.mqtt.model_copy(update={"url": mqtt_url})
         settings = settings.model_copy(update={"mqtt": mqtt})
     if store is not None:
         settings = settings.model_copy(update={"store": settings.store.model_copy(update={"path": store})})

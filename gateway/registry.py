@@ -24,7 +24,7 @@ from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import HealthRule, InstrumentSpec, ModbusDevice, PointSpec
 from gateway.point_rules import compile_point_rules
 from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointModel, ProfileModel
-from gateway.settings import Settings
+from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
 from gateway.units import UnitError, check_unit, conversion
 from gateway.yamlload import line_of, load_yaml, to_plain
 
@@ -65,7 +65,7 @@ def _validate_at(model: type[BaseModel], node: Any, tree: Any, base: tuple[int |
     except ValidationError as err:
         for e in err.errors():
             loc = base + tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "union_tag_invalid":
                 msg = f"unknown protocol; expected one of {e.get('ctx', {}).get('expected_tags', '')}"
             errors.append(ConfigError(msg, file=str(file), line=line_of(tree, loc), field=_loc_text(loc)))
@@ -134,34 +134,47 @@ def config_version(directory: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_config(directory: Path, *, today: date | None = None) -> Config:
-    """Load everything under `directory` (gateway.yaml + instruments_dir/*.yaml). Raises ConfigErrors."""
+def load_config(directory: Path, *, today: date | None = None, check_store: bool = False) -> Config:
+    """Load everything under `directory` (gateway.yaml + instruments_dir/*.yaml). Raises ConfigErrors.
+
+    Every file is checked even when another one is broken: a mistake in gateway.yaml does not hide
+    the instruments' mistakes (they are then checked against default settings), and a schema error
+    in one instrument does not hide the unit errors of the others. `check_store` (validate) also
+    checks that the store's directory is writable.
+    """
     errors: list[ConfigError] = []
+    warnings: list[ConfigError] = []
     directory = directory.resolve()
     gw_file = directory / "gateway.yaml"
     settings: Settings | None = None
+    gw_tree: Any = None
     try:
-        gw_tree = load_yaml(gw_file)
+        gw_tree = load_yaml(gw_file)  # before its settings are known: always the default size limit
         settings = _validate(Settings, gw_tree, gw_file, errors)
     except ConfigError as err:
         errors.append(err)
+    if settings is not None:
+        errors.extend(check_mqtt_files(settings, gw_tree, gw_file, warnings))
+        if check_store:
+            errors.extend(check_store_path(settings.store.path, file=gw_file,
+                                           line=line_of(gw_tree, ("store", "path"))))
     profiles, profile_trees, perrs = load_profiles()
     errors.extend(perrs)
-    if settings is None:
-        raise ConfigErrors(errors or [ConfigError("cannot load settings", file=str(gw_file))])
+    checked = settings if settings is not None else _fallback_settings(gw_tree)
 
-    inst_dir = (directory / settings.instruments_dir).resolve()
+    inst_dir = (directory / checked.instruments_dir).resolve()
     files = sorted(inst_dir.glob("*.yaml")) + sorted(inst_dir.glob("*.yml"))
     if not files:
         errors.append(ConfigError("no instrument files (*.yaml) found", file=str(inst_dir)))
-    tz = ZoneInfo(settings.gateway.timezone)
+    tz = ZoneInfo(checked.gateway.timezone)
+    max_bytes = checked.limits.max_config_file_bytes
     seen_ids: dict[str, str] = {}
     seen_devices: dict[tuple[str, int], str] = {}
     buses: dict[str, tuple[InstrumentSpec, str]] = {}
     specs: list[InstrumentSpec] = []
     for path in files:
         try:
-            tree = load_yaml(path)
+            tree = load_yaml(path, max_bytes=max_bytes, setting="limits.max_config_file_bytes in gateway.yaml")
         except ConfigError as err:
             errors.append(err)
             continue
@@ -169,6 +182,10 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
         if not isinstance(items, list):
             _validate(InstrumentFile, tree, path, errors)  # reports the missing/odd `instruments` key
             continue
+        for key in tree:
+            if key != "instruments":  # e.g. a mistyped second `instrument:` list: never silently ignored
+                errors.append(ConfigError(f"unknown key '{key}' (an instrument file holds only `instruments:`)",
+                                          file=str(path), line=line_of(tree, (key,)), field=str(key)))
         for i, item in enumerate(items):
             # One instrument at a time, so a mistake in one never hides the others' problems.
             inst = _validate_at(InstrumentModel, item, tree, ("instruments", i), path, errors)
@@ -179,7 +196,7 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
                 ctx.error(("id",), "id", f"duplicate instrument id '{inst.id}' (first defined in {seen_ids[inst.id]})")
                 continue
             seen_ids[inst.id] = f"{path.name}:{ctx.line(('id',))}"
-            spec = _compile(inst, ctx, profiles, profile_trees, settings, tz, today or date.today())
+            spec = _compile(inst, ctx, profiles, profile_trees, checked, tz, today or date.today())
             if spec is None:
                 continue
             if spec.polled and not spec.is_opcua:
@@ -195,12 +212,100 @@ def load_config(directory: Path, *, today: date | None = None) -> Config:
                               f"{dev_key[0]} unit {dev_key[1]} is already used by instrument {seen_devices[dev_key]}")
                 seen_devices[dev_key] = inst.id
             specs.append(spec)
-    if errors:
-        raise ConfigErrors(errors)
-    warnings = tuple(w.one_line() for w in _shared_bus_timing(specs))
+    if errors or settings is None:
+        raise ConfigErrors(errors or [ConfigError("cannot load settings", file=str(gw_file))])
+    warnings.extend(_shared_bus_timing(specs))
     version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
     return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version,
-                  warnings=warnings)
+                  warnings=tuple(w.one_line() for w in warnings))
+
+
+def _fallback_settings(gw_tree: Any) -> Settings:
+    """Settings to check the instruments against when gateway.yaml itself is broken (its errors are
+    reported; these only let the instrument files be checked in the same pass)."""
+    data: dict[str, Any] = {"gateway": {"id": "unchecked"}}
+    if isinstance(gw_tree, dict):
+        inst_dir = gw_tree.get("instruments_dir")
+        if isinstance(inst_dir, str) and inst_dir:
+            data["instruments_dir"] = inst_dir
+        gw = gw_tree.get("gateway")
+        if isinstance(gw, dict) and isinstance(gw.get("timezone"), str):
+            data["gateway"]["timezone"] = gw["timezone"]
+        limits = gw_tree.get("limits")
+        if isinstance(limits, dict):
+            data["limits"] = {k: v for k, v in limits.items() if k in Limits.model_fields}
+    for drop in ("limits", "gateway"):  # a bad value there is already reported: use the defaults
+        try:
+            return Settings.model_validate(data)
+        except ValidationError:
+            data[drop] = {"id": "unchecked"} if drop == "gateway" else {}
+    return Settings.model_validate({"gateway": {"id": "unchecked"}})
+
+
+def check_mqtt_files(settings: Settings, tree: Any, file: Path, warnings: list[ConfigError]) -> list[ConfigError]:
+    """What `run` would fail on when it connects: the password source, the TLS files. Also warns
+    about settings that are legal but unsafe (TLS without certificate checks)."""
+    errors: list[ConfigError] = []
+    m = settings.mqtt
+
+    def err(loc: tuple[str, ...], message: str, into: list[ConfigError] = errors,
+            at: tuple[str, ...] | None = None) -> None:
+        into.append(ConfigError(message, file=str(file), line=line_of(tree, at or loc), field=".".join(loc)))
+
+    if m.password_file is not None:
+        try:
+            read_secret_file(m.password_file)
+        except ValueError as e:
+            err(("mqtt", "password_file"), str(e))
+    if m.password_env is not None and os.environ.get(m.password_env) is None:
+        err(("mqtt", "password_env"), f"environment variable {m.password_env} is not set")
+    if (m.password_file is not None or m.password_env is not None) and not m.username:
+        source = "password_file" if m.password_file is not None else "password_env"
+        err(("mqtt", "username"), "a password needs a username", at=("mqtt", source))
+    if m.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(m.tls, name)
+            if path is not None:
+                try:
+                    check_readable_file(path)
+                except ValueError as e:
+                    err(("mqtt", "tls", name), str(e))
+        if m.tls.key_file is not None and m.tls.cert_file is None:
+            err(("mqtt", "tls", "key_file"), "a key_file needs its cert_file")
+        if m.tls.insecure_skip_verify:
+            err(("mqtt", "tls", "insecure_skip_verify"),
+                "warning: the broker's certificate is not checked: anyone on the path can read and change "
+                "the data (for tests only)", warnings)
+    return errors
+
+
+def check_store_path(path: Path, *, file: Path | None = None, line: int | None = None) -> list[ConfigError]:
+    """The store can be created or opened for writing: its directory (or the nearest existing parent,
+    which `run` creates it under) is a writable directory, and an existing store file is writable."""
+    where = {"file": str(file) if file else "store.path", "line": line, "field": "store.path" if file else None}
+    path = Path(path).absolute()
+    if path.exists() and not path.is_file():
+        return [ConfigError(f"{path} is not a regular file", **where)]  # type: ignore[arg-type]
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return [ConfigError(f"{path} is not writable ({_why_not_writable(path)})", **where)]  # type: ignore[arg-type]
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return [ConfigError(f"cannot create the store: {parent} is not a directory", **where)]  # type: ignore[arg-type]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [ConfigError(f"cannot write the store: directory {parent} is not writable "  # type: ignore[arg-type]
+                            f"({_why_not_writable(parent)})", **where)]
+    return []
+
+
+def _why_not_writable(path: Path) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "permission denied"
 
 
 class _Ctx:
@@ -385,14 +490,16 @@ def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
     return errors
 
 
-def _secret(sec: Any, file_key: str, env_key: str, ctx: _Ctx) -> str | None:
-    path, env = getattr(sec, file_key), getattr(sec, env_key)
+def _secret(sec: Any, file_key: str | None, env_key: str, ctx: _Ctx) -> str | None:
+    """A secret from a file (`file_key`) or the value of an environment variable (`env_key`)."""
+    path = getattr(sec, file_key) if file_key else None
+    env = getattr(sec, env_key)
     if path is not None:
         try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as err:
-            ctx.error(("connection", "security", file_key), f"connection.security.{file_key}",
-                      f"cannot read {path}: {err.strerror}")
+            return read_secret_file(Path(path))
+        except ValueError as err:
+            ctx.error(("connection", "security", file_key), f"connection.security.{file_key}", str(err))  # type: ignore[arg-type]
+            return None
     if env is not None:
         value = os.environ.get(env)
         if value is None:
@@ -419,7 +526,8 @@ def _opcua_device(inst: InstrumentModel, ua_points: list[tuple[PointModel, tuple
             ctx.error(loc + ((sub,) if sub else ()), f"{field}.{sub}" if sub else field, err.message)
     sec = c.security
     password = _secret(sec, "password_file", "password_env", ctx)
-    key_password = _secret(sec, "key_password_env", "key_password_env", ctx) if sec.key_password_env else None
+    # The variable's value is the passphrase of client_key (it was once read as a file name).
+    key_password = _secret(sec, None, "key_password_env", ctx)
     try:
         security = OpcUaSecurity(policy=sec.policy, mode=sec.mode, client_cert=sec.client_cert,  # type: ignore[arg-type]
                                  client_key=sec.client_key, client_key_password=key_password,

@@ -24,8 +24,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# Polling faster than this is a typo (1e-9 s was accepted once: 7,000 polls/s against one meter), not a
+# plan: even a Modbus TCP meter on a LAN needs a few ms per request, and the rules engine's cadence
+# accounting assumes polls are not closer together than this.
+MIN_POLL_INTERVAL_S = 0.05
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors at every level; NaN and infinity are never a configuration value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Lifecycle(StrEnum):
@@ -58,7 +65,7 @@ class PointModel(Strict):
     address: int | None = Field(default=None, ge=0, le=0xFFFF)
     type: DataType | None = None
     order: WordOrder | None = None
-    scale: float | None = None
+    scale: float | None = None  # finite and non-zero (a zero scale turns every reading into 0)
     offset: float | None = None
     device_unit: str | None = None
     unit: str | None = None
@@ -68,7 +75,7 @@ class PointModel(Strict):
     # OPC UA points (connection protocol opcua) give a node id instead of a register.
     node_id: str | None = None
     mode: Literal["subscribe", "poll"] | None = None
-    sampling_interval_ms: float | None = Field(default=None, gt=0)
+    sampling_interval_ms: float | None = Field(default=None, ge=MIN_POLL_INTERVAL_S * 1000)
     queue_size: int | None = Field(default=None, ge=1)
     deadband: float | None = Field(default=None, ge=0)
     # Rules engine (docs/rules.md): validity, expected cadence, period aggregates, missing-data policy.
@@ -81,6 +88,13 @@ class PointModel(Strict):
     missing_data: dict[str, Any] | None = None  # selector and parameters, see docs/rules.md
     rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
     simulate: dict[str, object] | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float | None) -> float | None:
+        if v == 0:
+            raise ValueError("scale must not be 0 (every reading would be 0)")
+        return v
 
     @field_validator("expect")
     @classmethod
@@ -215,9 +229,9 @@ class OpcUaSecurityModel(Strict):
 class OpcUaConnection(Strict):
     protocol: Literal["opcua"]
     endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
-    publishing_interval_ms: float = Field(default=1000.0, gt=0)
+    publishing_interval_ms: float = Field(default=1000.0, ge=MIN_POLL_INTERVAL_S * 1000, le=86_400_000)
     watchdog_intervals: int = Field(default=3, ge=2, le=100)
-    poll_interval_s: float = Field(default=10.0, gt=0)
+    poll_interval_s: float = Field(default=10.0, ge=MIN_POLL_INTERVAL_S, le=86_400)
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     reconnect_initial_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
@@ -281,7 +295,7 @@ class InstrumentModel(Strict):
     calibration: CalibrationModel | None = None
     profile: str | None = None
     connection: Connection
-    poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
+    poll_interval_s: float | None = Field(default=None, ge=MIN_POLL_INTERVAL_S, le=86_400)
     only_points: list[str] | None = None
     points: list[PointModel] = []
 

@@ -3,15 +3,115 @@
 from __future__ import annotations
 
 import os
+import stat
+import unicodedata
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.errors import ConfigError
+from gateway.registry_schema import MIN_POLL_INTERVAL_S
+from gateway.yamlload import DEFAULT_MAX_FILE_BYTES
+
+# The topic prefix is the first levels of every topic the gateway publishes; the rest (gateway id,
+# instrument id, kind) adds at most ~200 bytes, far below MQTT's 65,535-byte limit.
+MAX_TOPIC_PREFIX_BYTES = 128
+MAX_SECRET_BYTES = 64 * 1024
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors at every level; NaN and infinity are never a configuration value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def check_mqtt_url(v: str) -> str:
+    """mqtt://host[:port] or mqtts://host[:port]; ValueError with the reason otherwise.
+
+    Credentials in the URL (mqtt://user:secret@host) are refused, not honoured: a URL is logged,
+    shown by `ps` when given with --mqtt-url and kept in the YAML, and secrets never live there.
+    """
+    try:
+        parsed = urlparse(v)
+        port = parsed.port  # raises ValueError for 99999 or "12ab"
+        host = parsed.hostname
+    except ValueError as err:
+        raise ValueError(f"must look like mqtt://host:port or mqtts://host:port ({err})") from None
+    if parsed.scheme not in ("mqtt", "mqtts") or not host:
+        raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError("credentials in the URL are not used: give mqtt.username, and the password in "
+                         "mqtt.password_file or mqtt.password_env")
+    if port == 0:
+        raise ValueError("port must be 1..65535")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params:
+        raise ValueError("must be only mqtt://host:port or mqtts://host:port (no path or query)")
+    return v
+
+
+def check_topic_prefix(v: str) -> str:
+    """The MQTT topic grammar (MQTT 3.1.1 4.7, 5.0 4.7) for the levels the gateway puts first.
+
+    No wildcards (`+`, `#`) in a topic name, no NUL or other control character (brokers drop the
+    connection), no leading `$` (topics starting with `$` are the broker's own, e.g. `$SYS`, and
+    are not matched by subscribers' wildcards), no empty level, at most MAX_TOPIC_PREFIX_BYTES in UTF-8.
+    """
+    if not v:
+        raise ValueError("must not be empty")
+    if "+" in v or "#" in v:
+        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+    if any(unicodedata.category(c) in ("Cc", "Cs") or c in "\ufffe\uffff" for c in v):
+        raise ValueError("must not contain NUL or other control characters")
+    if v.startswith("$"):
+        raise ValueError("must not start with '$' (reserved for the broker's own topics such as $SYS)")
+    if "" in v.split("/"):
+        raise ValueError("must not start or end with '/' or contain '//' (empty topic levels)")
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOPIC_PREFIX_BYTES:
+        raise ValueError(f"is {size} bytes in UTF-8, above the limit of {MAX_TOPIC_PREFIX_BYTES}")
+    return v
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in a file (stripped), or ValueError saying why it cannot be used (never the content)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"cannot read {path}: not a regular file")
+    if st.st_size > MAX_SECRET_BYTES:
+        raise ValueError(f"{path} is {st.st_size:,} bytes: not a password file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            data = os.read(fd, MAX_SECRET_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text (a binary file?)") from None
+    if "\x00" in text:
+        raise ValueError(f"{path} is a binary file, not a password")
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+def check_readable_file(path: Path) -> None:
+    """A certificate/key/CA file must be a readable regular file; ValueError otherwise."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"cannot read {path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read {path}: Permission denied")
 
 
 class GatewayIdentity(Strict):
@@ -42,7 +142,7 @@ class MqttSettings(Strict):
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     client_id: str | None = None
-    topic_prefix: str = Field(default="carbon", pattern=r"^[^#+]+$")
+    topic_prefix: str = "carbon"  # MQTT topic grammar, see check_topic_prefix
     username: str | None = None
     # Secrets never live in YAML: a file (e.g. systemd credentials) or an environment variable.
     password_file: Path | None = None
@@ -58,10 +158,12 @@ class MqttSettings(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parsed = urlparse(v)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
-        return v
+        return check_mqtt_url(v)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return check_topic_prefix(v)
 
     @model_validator(mode="after")
     def _password_source(self) -> MqttSettings:
@@ -83,13 +185,19 @@ class MqttSettings(Strict):
         return urlparse(self.url).scheme == "mqtts" or self.tls is not None
 
     def password(self) -> str | None:
-        """Read the secret at connect time; it is never logged or stored in settings dumps."""
+        """Read the secret at connect time; it is never logged or stored in settings dumps.
+
+        `validate` and start-up check the same (registry.check_mqtt_files), so this raises only if
+        the file or variable went away since: a ConfigError, one line, never a traceback."""
         if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
+            try:
+                return read_secret_file(self.password_file)
+            except ValueError as err:
+                raise ConfigError(str(err), field="mqtt.password_file") from None
         if self.password_env is not None:
             value = os.environ.get(self.password_env)
             if value is None:
-                raise ValueError(f"environment variable {self.password_env} is not set")
+                raise ConfigError(f"environment variable {self.password_env} is not set", field="mqtt.password_env")
             return value
         return None
 
@@ -107,7 +215,9 @@ class StoreSettings(Strict):
 class Limits(Strict):
     queue_readings: int = Field(default=20_000, ge=100)  # bound between pollers and the store writer
     due_soon_days: int = Field(default=30, ge=0, le=3650)
-    default_poll_interval_s: float = Field(default=1.0, gt=0)
+    default_poll_interval_s: float = Field(default=1.0, ge=MIN_POLL_INTERVAL_S, le=86_400)
+    # Largest instrument file read (gateway.yaml itself is read before its settings, with the default).
+    max_config_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1024, le=1_000_000_000)
     backoff_min_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
 

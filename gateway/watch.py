@@ -64,7 +64,13 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"carbon-watch-{int(time.time())}")
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
-    client.connect(parsed.hostname or "127.0.0.1", parsed.port or 1883)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+    try:
+        client.connect(host, port)
+    except (OSError, ValueError) as err:  # refused, unreachable, unknown host: one line, exit 1
+        reason = getattr(err, "strerror", None) or str(err)
+        print(f"error: cannot connect to the mqtt broker {host}:{port}: {reason}", file=sys.stderr)
+        return 1
     client.loop_start()
     start = time.monotonic()
     tty = sys.stdout.isatty()

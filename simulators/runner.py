@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import ConfigError, ConfigErrors
+from gateway.errors import ConfigError, ConfigErrors, GatewayError
 from gateway.instruments import InstrumentSpec
 from gateway.registry import Config, device_points, load_profiles, to_modbus_point
 from gateway.registry_schema import ProfileModel
@@ -123,6 +124,21 @@ async def apply_ua_fault(sim: Any, fault: FaultSpec) -> None:
         await sim.set_bad_status(fault.arg)  # a Bad StatusCode, e.g. 0x808C0000 BadSensorFailure
 
 
+def busy_ports(endpoints: Sequence[tuple[str, int]]) -> list[str]:
+    """`host:port (reason)` for each endpoint a listener cannot bind now (checked before any server
+    starts, so a port in use is one line naming it, not a traceback from deep inside a server)."""
+    busy: list[str] = []
+    for host, port in dict.fromkeys(endpoints):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+                sock.bind((host, port))
+        except OSError as err:
+            busy.append(f"{host}:{port} ({err.strerror or err})")
+    return busy
+
+
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
                          seed: int = 1) -> int:
     servers = build_servers(cfg, seed=seed)
@@ -135,8 +151,21 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
     unknown = [f.instrument for f in faults if f.instrument not in by_id and f.instrument not in ua_ids]
     if unknown:
         raise ConfigErrors([ConfigError(f"no simulated instrument '{u}'", file="--fault") for u in unknown])
-    for srv, _ in servers.values():
-        await srv.start()
+    endpoints = [(srv.host, srv.port) for srv, _ in servers.values()]
+    endpoints += [(s.connection.host, s.connection.port) for s in ua]
+    busy = busy_ports(endpoints)
+    if busy:
+        raise GatewayError(f"cannot listen on {', '.join(busy)}: stop what uses the port or change it "
+                           "in the configuration")
+    started = []
+    for endpoint, (srv, _) in servers.items():
+        try:
+            await srv.start()
+        except (OSError, RuntimeError) as err:  # taken between the check and the start
+            for other in started:
+                await other.stop()
+            raise GatewayError(f"cannot listen on {endpoint}: {err}") from None
+        started.append(srv)
     for f in faults:
         if f.instrument in ua_ids:
             continue

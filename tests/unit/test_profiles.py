@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from drivers.modbus.decode import decode_request, encode_point
 from drivers.modbus.plan import find_overlaps, plan_requests
 from drivers.modbus.spec import DataType, ModbusPoint, Table, WordOrder
+from gateway.yamlload import load_yaml, to_plain
 from simulators.signals import SignalState
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "drivers" / "profiles"
@@ -49,7 +49,7 @@ SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def load(path: Path) -> dict[str, Any]:
-    data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    data = to_plain(load_yaml(path))
     assert isinstance(data, dict), path
     return data
 
