@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import EXIT_STORE
 from tests.helpers import three_meters, write_config
 
 GATEWAY = [sys.executable, "-m", "gateway", "--log-level", "ERROR"]
@@ -80,7 +81,7 @@ def test_run_with_the_store_on_a_read_only_mount(config: Path, tmp_path: Path) -
     for store in (ro / "gw.db", ro / "sub" / "gw.db"):
         proc = subprocess.run([*prefix, *GATEWAY, "run", "--config", str(config), "--store", str(store),
                                "--duration", "1"], capture_output=True, text=True, timeout=60)
-        line = one_line(proc, 1, "error: ", str(ro), "not writable")
+        line = one_line(proc, EXIT_STORE, "error: ", str(ro), "not writable")  # the store's documented exit code
         assert ("read-only file system" in line) == (os.geteuid() == 0)
         proc = subprocess.run([*prefix, *GATEWAY, "validate", "--config", str(config)], capture_output=True,
                               text=True, timeout=60)
