@@ -15,7 +15,7 @@ from drivers.modbus.tcp import tcp_connection
 from gateway import __version__
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
-from gateway.encode import JsonEncoder
+from gateway.encode import EncoderContext, make_encoder
 from gateway.errors import PublishError, StoreError
 from gateway.forwarder import Forwarder
 from gateway.ingest import Ingest
@@ -88,7 +88,9 @@ class Gateway:
         st = cfg.settings
         store = Store(st.store.path, synchronous=st.store.synchronous, config_version=cfg.version)
         queue = ReadingQueue(st.limits.queue_readings)
-        forwarder = Forwarder(st.mqtt, st.gateway.id, store, JsonEncoder(st.mqtt.topic_prefix, st.gateway.id),
+        encoder = make_encoder(st.output.encoder, EncoderContext(st.mqtt.topic_prefix, st.gateway.id,
+                                                                  store.epoch, cfg.version))
+        forwarder = Forwarder(st.mqtt, st.gateway.id, store, encoder,
                               meta=lambda: {s.id: s.metadata() for s in cfg.instruments},
                               status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site)
         self.pollers = [
@@ -160,10 +162,10 @@ class Gateway:
                     # Nothing polled is lost on a clean stop: commit what is still queued.
                     held, self._held = self._held, []
                     store.commit(self._mark(held + queue.take(len(queue))), now_ms=self.clock.wall_ms(),
-                                 per_message=st.mqtt.readings_per_message, acked=forwarder.take_acks())
+                                 per_message=st.mqtt.readings_per_message)  # with the acks the store holds
                 forwarder.shutdown()
                 if failure is None:
-                    store.commit([], now_ms=self.clock.wall_ms(), per_message=1, acked=forwarder.take_acks())
+                    store.flush()
             except StoreError as err:
                 failure = failure or err
             finally:
@@ -249,9 +251,8 @@ class Gateway:
             readings, more = rules.process(self._held)
             derived += more
             derived += rules.tick(now)
-            acks = forwarder.take_acks()
-            if readings or acks or derived:
-                created = store.commit(readings, now_ms=now, per_message=per_message, acked=acks, derived=derived)
+            if readings or derived:  # the acks the forwarder gave the store go with this transaction
+                created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived)
                 if created:
                     forwarder.notify()
             self._held = []
@@ -280,7 +281,7 @@ class Gateway:
             now = self.clock.wall_ms()
             corrections, ingested = inbox.collect(store, now)
             if corrections:
-                created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message, acked=[],
+                created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message,
                                        derived=corrections)
                 for path in ingested:
                     path.unlink(missing_ok=True)  # only once its record is committed

@@ -1,20 +1,46 @@
-"""MQTT topics and JSON payloads (pure). Versioned schemas are documented in docs/mqtt.md.
+"""Wire formats: topic layout and payloads (pure). Versioned schemas are documented in docs/mqtt.md.
 
-The forwarder takes an Encoder, so another wire format (Sparkplug B) can be added beside JSON
-without touching the store or the delivery logic.
+An encoder owns everything a subscriber sees: the topic of each message, the Last Will, what is
+published when a connection comes up (birth: status and the retained `meta` of each instrument),
+the clean-shutdown death message and the periodic `status`. The forwarder and the transport only
+move (topic, payload, qos, retain) tuples, so a second output (another JSON layout, Sparkplug B) is
+one module that subclasses or replaces `JsonEncoder`, plus its name in `ENCODERS` and in the
+`output.encoder` setting.
+
+Every payload carries the store's `epoch`: a store that is replaced or reset starts a new epoch,
+so subscribers deduplicate by (instrument, epoch, seq).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
-from gateway.model import Message, StoredReading
+from gateway.store import KIND_READINGS, Outgoing
 
 READINGS_SCHEMA = "carbon-gateway/readings/1"
 STATUS_SCHEMA = "carbon-gateway/status/1"
 META_SCHEMA = "carbon-gateway/meta/1"
+
+
+class Publish(NamedTuple):
+    """One MQTT message as the transport sends it."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderContext:
+    prefix: str  # mqtt.topic_prefix
+    gateway: str  # gateway.id
+    epoch: str  # Store.epoch: the identity of the store the seqs count in
+    config_version: str = ""
 
 
 def readings_topic(prefix: str, gateway: str, instrument: str) -> str:
@@ -34,41 +60,97 @@ def derived_topic(prefix: str, gateway: str, instrument: str, kind: str) -> str:
 
 
 class Encoder(Protocol):
-    def message(self, msg: Message, rows: Sequence[Any]) -> tuple[str, bytes]: ...
+    name: str
+
+    def message(self, out: Outgoing) -> Publish: ...
+
+    def will(self) -> Publish: ...
+
+    def birth(self, status: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> list[Publish]: ...
+
+    def status(self, state: str, body: Mapping[str, Any]) -> Publish: ...
+
+    def death(self) -> Publish: ...
 
 
 class JsonEncoder:
-    def __init__(self, prefix: str, gateway: str) -> None:
-        self.prefix, self.gateway = prefix, gateway
+    """JSON, one object per message, every reading complete (schema carbon-gateway/readings/1)."""
 
-    def message(self, msg: Message, rows: Sequence[Any]) -> tuple[str, bytes]:
-        if msg.kind != "readings":
+    name = "json"
+
+    def __init__(self, ctx: EncoderContext) -> None:
+        self.ctx = ctx
+        self.prefix, self.gateway, self.epoch = ctx.prefix, ctx.gateway, ctx.epoch
+
+    def message(self, out: Outgoing) -> Publish:
+        if out.kind != KIND_READINGS:
             # events / aggregates / substitutes / corrections: the stored record bodies, in order.
-            body: dict[str, Any] = {"schema": f"carbon-gateway/{msg.kind}/1", "gateway": self.gateway,
-                                    "instrument": msg.instrument, "seq": msg.seq, msg.kind: list(rows)}
-            return derived_topic(self.prefix, self.gateway, msg.instrument, msg.kind), _dumps(body)
+            body: dict[str, Any] = {"schema": f"carbon-gateway/{out.kind}/1", "gateway": self.gateway,
+                                    "instrument": out.instrument, "epoch": self.epoch, "seq": out.seq,
+                                    out.kind: list(out.rows)}
+            return Publish(derived_topic(self.prefix, self.gateway, out.instrument, out.kind), dumps(body))
+        return Publish(readings_topic(self.prefix, self.gateway, out.instrument), self.readings(out))
+
+    def readings(self, out: Outgoing) -> bytes:
         body = {
             "schema": READINGS_SCHEMA,
             "gateway": self.gateway,
-            "instrument": msg.instrument,
-            "seq": msg.seq,
+            "instrument": out.instrument,
+            "epoch": self.epoch,
+            "seq": out.seq,
             "readings": [
                 {"point": r.point, "ts": r.ts_ms, "value": r.value, "unit": r.unit, "quality": r.quality,
                  "reason": r.reason, "calibration": r.calibration}
-                for r in cast(Sequence[StoredReading], rows)
+                for r in out.rows
             ],
         }
-        return readings_topic(self.prefix, self.gateway, msg.instrument), _dumps(body)
+        return dumps(body)
+
+    def will(self) -> Publish:
+        return self._status_publish("offline", {"reason": "connection_lost"})
+
+    def death(self) -> Publish:
+        return self._status_publish("offline", {"reason": "shutdown"})
+
+    def status(self, state: str, body: Mapping[str, Any]) -> Publish:
+        return self._status_publish(state, body)
+
+    def birth(self, status: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> list[Publish]:
+        out = [self._status_publish("online", status)]
+        for instrument, m in meta.items():
+            out.append(Publish(meta_topic(self.prefix, self.gateway, instrument),
+                               meta_payload(self.gateway, m, self.ctx.config_version, epoch=self.epoch),
+                               qos=1, retain=True))
+        return out
+
+    def _status_publish(self, state: str, body: Mapping[str, Any]) -> Publish:
+        return Publish(status_topic(self.prefix, self.gateway),
+                       status_payload(state, self.gateway, epoch=self.epoch, **body), qos=1, retain=True)
+
+
+# name -> "module:Class". A new output: one module, one line here, one value of `output.encoder`.
+ENCODERS: dict[str, str] = {
+    "json": "gateway.encode:JsonEncoder",
+    "json_compact": "gateway.encode_compact:CompactJsonEncoder",
+}
+
+
+def make_encoder(name: str, ctx: EncoderContext) -> Encoder:
+    module, _, cls = ENCODERS[name].partition(":")
+    factory = getattr(importlib.import_module(module), cls)
+    encoder: Encoder = factory(ctx)
+    return encoder
 
 
 def status_payload(state: str, gateway: str, **fields: Any) -> bytes:
-    return _dumps({"schema": STATUS_SCHEMA, "state": state, "gateway": gateway, **fields})
+    return dumps({"schema": STATUS_SCHEMA, "state": state, "gateway": gateway, **fields})
 
 
-def meta_payload(gateway: str, meta: dict[str, Any], config_version: str) -> bytes:
-    return _dumps({"schema": META_SCHEMA, "gateway": gateway, "config_version": config_version, **meta})
+def meta_payload(gateway: str, meta: Mapping[str, Any], config_version: str, *, epoch: str = "") -> bytes:
+    return dumps({"schema": META_SCHEMA, "gateway": gateway, "epoch": epoch, "config_version": config_version,
+                  **meta})
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     # allow_nan=False: a NaN must never reach a subscriber as invalid JSON; tagging turns it into null.
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()

@@ -154,6 +154,10 @@ class MqttSettings(Strict):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     status_interval_s: float = Field(default=10.0, gt=0)
+    # Truthful status: `connecting` is reported once no CONNACK came for this long, `stalled` once
+    # messages are in flight and no PUBACK came for this long.
+    connack_timeout_s: float = Field(default=10.0, gt=0)
+    puback_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -212,6 +216,12 @@ class StoreSettings(Strict):
     size_alarm_mb: float = Field(default=2048.0, gt=0)
 
 
+class OutputSettings(Strict):
+    # The wire format of readings (docs/mqtt.md): `json` (carbon-gateway/readings/1, every field per
+    # reading) or `json_compact` (carbon-gateway/readings-compact/1: units and defaults once per message).
+    encoder: Literal["json", "json_compact"] = "json"
+
+
 class Limits(Strict):
     queue_readings: int = Field(default=20_000, ge=100)  # bound between pollers and the store writer
     due_soon_days: int = Field(default=30, ge=0, le=3650)
@@ -226,5 +236,6 @@ class Settings(Strict):
     gateway: GatewayIdentity
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
+    output: OutputSettings = OutputSettings()
     limits: Limits = Limits()
     instruments_dir: Path = Path("instruments")

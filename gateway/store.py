@@ -3,6 +3,12 @@
 One connection, used only from the event loop thread, in batched transactions: perf-limits.md
 measured a worker-thread commit path collapsing throughput 180x (GIL convoy), while inline batched
 commits cost ~3.6 us per reading. One process writes a file (a lock file enforces it).
+
+The outbox is owned here, with its one cursor: `begin(limit)` hands out the next undelivered
+messages (backlog and live traffic sharing the window), `ack(ids)` marks them delivered (applied
+in the next transaction, so an ack costs no fsync of its own), `release(ids)` offers them again.
+Messages committed by this process are handed out from memory with the records they carry, so
+live traffic is never read back from SQLite; only a backlog (after an outage or a restart) is.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +64,22 @@ DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections")
 
 # Re-exported: the record types live in gateway.model; `from gateway.store import Derived` keeps working.
 __all__ = ["DERIVED_KINDS", "KIND_READINGS", "Derived", "Message", "Store", "StoreStats", "StoredReading"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message handed out by `Store.begin`: its identity in the stream and the records it carries.
+
+    `rows` are readings (objects with point, ts_ms, value, unit, quality, reason, calibration) for
+    kind "readings", else the stored record bodies (dicts), in order. A resend carries the same rows.
+    """
+
+    id: int
+    instrument: str
+    kind: str
+    seq: int
+    created_ms: int
+    rows: Sequence[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +140,18 @@ class Store:
             self.close()
             raise
         self._remember_epoch()
+        # -- the outbox cursor (one place): see begin() --
+        last = self._next_message_id - 1
+        self._out_live_after = last  # ids above this were committed by this process: live traffic
+        self._out_backlog: deque[list[int]] = deque([[0, last]] if last else [])  # [after, up_to] id ranges
+        self._out_retry: deque[tuple[float, Outgoing]] = deque()  # released: offered again from `due`
+        self._out_inflight: dict[int, Outgoing] = {}  # handed out, neither acked nor released
+        self._out_recent: OrderedDict[int, Outgoing] = OrderedDict()  # committed, not yet handed out
+        self._out_recent_rows = 0
+        self._out_acked: list[int] = []  # delivered, applied with the next transaction
+        self._out_acked_since = 0.0
+        self.recent_rows_max = 50_000  # live messages kept in memory for begin(); older ones are re-read
+        self.ack_flush_s = 0.2  # acks wait at most this long for a transaction when nothing is committed
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -222,7 +258,7 @@ class Store:
         Returns the number of messages created. Readings of one instrument get consecutive ids so a
         message is a plain id range.
         """
-        acked = list(acked)
+        acked = [*self._out_acked, *acked]
         if not readings and not acked and not derived and not ingested:
             return 0
         by_instrument: dict[str, list[Reading]] = {}
@@ -230,6 +266,7 @@ class Store:
             by_instrument.setdefault(r.instrument, []).append(r)
         rows: list[tuple[object, ...]] = []
         msgs: list[tuple[object, ...]] = []
+        outs: list[Outgoing] = []
         rid, mid = self._next_reading_id, self._next_message_id
         seq_updates: dict[str, int] = {}
         cv = self.config_version
@@ -245,6 +282,7 @@ class Store:
                     rid += 1
                 seq += 1
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms))
+                outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk))
                 mid += 1
             seq_updates[stream] = seq
         rec_rows: list[tuple[object, ...]] = []
@@ -264,6 +302,7 @@ class Store:
                     recid += 1
                 seq += 1
                 msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms))
+                outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk]))
                 mid += 1
             seq_updates[stream] = seq
         db = self._db
@@ -293,7 +332,112 @@ class Store:
             raise StoreError(f"{self.path}: commit failed: {err}{_corrupt_hint(err, self.path)}") from err
         self._next_reading_id, self._next_message_id, self._next_record_id = rid, mid, recid
         self._seq.update(seq_updates)
+        self._out_acked.clear()
+        recent = self._out_recent
+        for o in outs:
+            recent[o.id] = o
+            self._out_recent_rows += len(o.rows)
+        while self._out_recent_rows > self.recent_rows_max and recent:
+            _, old = recent.popitem(last=False)  # begin() reads it back from SQLite when its turn comes
+            self._out_recent_rows -= len(old.rows)
         return len(msgs)
+
+    def flush(self) -> None:
+        """Apply the acks still waiting for a transaction (the writer's commits normally carry them)."""
+        if self._out_acked:
+            self.commit([], now_ms=0, per_message=1)
+
+    # -- the outbox --------------------------------------------------------------------------------
+
+    @_guarded("reading the outbox")
+    def begin(self, limit: int) -> list[Outgoing]:
+        """Hand out up to `limit` undelivered messages, oldest first within backlog and live traffic.
+
+        Released messages come first; then backlog and live traffic share the window, so a long outage
+        never starves live data. A message handed out is not offered again until it is released (ack()
+        removes it for good). Raises StoreError when the store cannot be read.
+        """
+        now = time.monotonic()
+        if self._out_acked and now - self._out_acked_since >= self.ack_flush_s:
+            self.flush()
+        out: list[Outgoing] = []
+        retry = self._out_retry
+        while retry and len(out) < limit and retry[0][0] <= now:
+            out.append(retry.popleft()[1])
+        free = limit - len(out)
+        if free > 0:
+            live_share = free // 2 if self._out_backlog else free
+            backlog_share = free - live_share
+            while self._out_backlog and backlog_share > 0:
+                rng = self._out_backlog[0]
+                got = self._load(rng[0], rng[1], backlog_share)
+                out.extend(got)
+                backlog_share -= len(got)
+                if got:
+                    rng[0] = got[-1].id
+                if not got or rng[0] >= rng[1]:
+                    self._out_backlog.popleft()
+            live_share += backlog_share
+            out.extend(self._take_live(live_share))
+        inflight = self._out_inflight
+        for o in out:
+            inflight[o.id] = o
+        return out
+
+    def _take_live(self, n: int) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        last = self._next_message_id - 1
+        recent = self._out_recent
+        while n > 0 and self._out_live_after < last:
+            nxt = self._out_live_after + 1
+            o = recent.pop(nxt, None)
+            if o is not None:
+                self._out_recent_rows -= len(o.rows)
+                out.append(o)
+                self._out_live_after = nxt
+                n -= 1
+                continue
+            # Evicted from memory (a burst larger than recent_rows_max): read these back.
+            hi = next(iter(recent), last + 1) - 1
+            got = self._load(self._out_live_after, hi, n)
+            out.extend(got)
+            n -= len(got)
+            self._out_live_after = got[-1].id if got else hi
+        return out
+
+    def _load(self, after_id: int, up_to_id: int, limit: int) -> list[Outgoing]:
+        return [Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, self.message_rows(m))
+                for m in self.pending(after_id=after_id, up_to_id=up_to_id, limit=limit)]
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """These messages were delivered (PUBACK): never offered again; recorded with the next transaction."""
+        if not self._out_acked:
+            self._out_acked_since = time.monotonic()
+        for i in ids:
+            self._out_inflight.pop(i, None)
+            self._out_acked.append(i)
+
+    def release(self, ids: Iterable[int], *, delay_s: float = 0.0) -> None:
+        """These messages were not delivered (rejected, or lost with a transport): offer them again."""
+        due = time.monotonic() + delay_s
+        for i in ids:
+            o = self._out_inflight.pop(i, None)
+            if o is not None:
+                self._out_retry.append((due, o))
+
+    def mark_backlog(self) -> None:
+        """Everything committed but not yet handed out is backlog from now on (called on reconnect):
+        it drains oldest first beside, not before, what is committed from now on."""
+        last = self._next_message_id - 1
+        if last > self._out_live_after:
+            self._out_backlog.append([self._out_live_after, last])
+            self._out_live_after = last
+            self._out_recent.clear()
+            self._out_recent_rows = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._out_inflight)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -380,7 +524,7 @@ class Store:
     @_guarded("reading store statistics")
     def stats(self) -> StoreStats:
         n = self._next_reading_id - 1
-        pend = self._scalar("SELECT COUNT(*) FROM pending")
+        pend = self._scalar("SELECT COUNT(*) FROM pending") - len(self._out_acked)
         oldest = self._db.execute(
             "SELECT m.created_ms FROM pending p JOIN messages m ON m.id = p.message_id "
             "ORDER BY p.message_id LIMIT 1").fetchone()

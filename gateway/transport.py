@@ -1,0 +1,220 @@
+"""Transports: move (topic, payload, qos, retain) messages and report what became of them.
+
+A transport knows nothing of the store or the payload formats. It reports to a `TransportListener`,
+always on the event loop thread: connected, disconnected, a connection attempt that failed (fatal
+when retrying cannot help: a refused login, an untrusted certificate), the acknowledgement or
+failure of each publish it accepted, and the death of its own machinery.
+
+`MqttTransport` is paho-mqtt with its network loop in paho's thread (loop_start), which also
+reconnects with backoff; its callbacks only hop onto the event loop with call_soon_threadsafe.
+aiomqtt was not adopted: it puts the socket work on the event loop thread beside the pollers and
+leaves reconnecting to the application, and its throughput on this path was not measured here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+import threading
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.encode import Publish
+from gateway.settings import MqttSettings
+
+# CONNACK codes that mean "your credentials or identity are wrong": retrying will not fix them.
+_AUTH_FAILURES = {"Not authorized", "Bad user name or password", "Client identifier not valid", "Banned"}
+
+
+class TransportListener(Protocol):
+    def transport_connected(self) -> None: ...
+
+    def transport_disconnected(self, reason: str) -> None: ...
+
+    def transport_failed(self, line: str, *, fatal: bool) -> None: ...
+
+    def transport_acked(self, token: int, failure: str | None) -> None: ...
+
+    def transport_died(self, err: BaseException) -> None: ...
+
+
+class Transport(Protocol):
+    @property
+    def where(self) -> str: ...
+
+    def start(self, listener: TransportListener, will: Publish) -> None: ...
+
+    def publish(self, msg: Publish) -> int | None:
+        """Queue a message; returns the token its acknowledgement will carry, or None if refused now."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def restart(self) -> None:
+        """Start anew after its machinery died; whatever was in flight is gone (the caller resends)."""
+        ...
+
+    def stop(self, last: Publish | None, *, timeout_s: float) -> None: ...
+
+
+class _PahoClient(mqtt.Client):
+    """paho's client, telling us when its network thread dies instead of only printing a traceback."""
+
+    on_thread_death: Any = None
+
+    def _thread_main(self) -> None:
+        try:
+            super()._thread_main()
+        except BaseException as err:
+            if self.on_thread_death is not None:
+                self.on_thread_death(err)
+            else:
+                raise
+
+
+class MqttTransport:
+    def __init__(self, settings: MqttSettings, client_id: str) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._listener: TransportListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._will: Publish | None = None
+        self._client: _PahoClient | None = None
+
+    @property
+    def where(self) -> str:
+        return f"mqtt broker {self.settings.host}:{self.settings.port}"
+
+    def _make_client(self, will: Publish) -> _PahoClient:
+        s = self.settings
+        proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        client = _PahoClient(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto,
+                             reconnect_on_failure=True)
+        client.max_inflight_messages_set(s.max_inflight)
+        client.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=max(1, int(s.reconnect_max_s)))
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password())
+        if s.use_tls:
+            tls = s.tls
+            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+            if tls and tls.cert_file:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+            if tls and tls.insecure_skip_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(ctx)
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_connect = self._paho_connect
+        client.on_connect_fail = self._paho_connect_fail
+        client.on_disconnect = self._paho_disconnect
+        client.on_publish = self._paho_publish
+        client.on_thread_death = self._paho_thread_death
+        return client
+
+    def start(self, listener: TransportListener, will: Publish) -> None:
+        self._listener, self._will = listener, will
+        self._loop = asyncio.get_running_loop()
+        self._launch()
+
+    def _launch(self) -> None:
+        assert self._will is not None
+        self._client = self._make_client(self._will)
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._client.loop_start()
+
+    def restart(self) -> None:
+        old, self._client = self._client, None
+        if old is not None:
+            old.on_connect = old.on_connect_fail = old.on_disconnect = old.on_publish = None
+            old.on_thread_death = None
+            self._teardown(old)
+        self._launch()
+
+    @staticmethod
+    def _teardown(client: mqtt.Client) -> None:
+        try:
+            client.disconnect()
+        except Exception:  # noqa: BLE001 - a broken client is being discarded
+            pass
+        if threading.current_thread() is not getattr(client, "_thread", None):
+            client.loop_stop()
+
+    def alive(self) -> bool:
+        thread = getattr(self._client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def publish(self, msg: Publish) -> int | None:
+        assert self._client is not None
+        try:
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        except ValueError:
+            return None  # e.g. a topic paho refuses to encode
+        # Publishing QoS 1 while disconnected queues the message in paho (NO_CONN); it goes out after
+        # the next CONNACK and its PUBACK arrives like any other.
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            return None
+        return int(info.mid)
+
+    def stop(self, last: Publish | None, *, timeout_s: float) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            if last is not None and client.is_connected():
+                info = client.publish(last.topic, last.payload, qos=last.qos, retain=last.retain)
+                info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):
+            pass
+        self._teardown(client)
+
+    # -- paho thread -> event loop -------------------------------------------------------------------
+
+    def _hop(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _paho_connect(self, _c: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Any) -> None:
+        self._hop(self._on_connect, str(rc), rc.is_failure)
+
+    def _paho_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this from inside its `except OSError` block, so the cause is still at hand.
+        self._hop(self._on_connect_fail, sys.exc_info()[1])
+
+    def _paho_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        assert self._listener is not None
+        self._hop(self._listener.transport_disconnected, str(rc))
+
+    def _paho_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        assert self._listener is not None
+        # MQTT 5 PUBACK with a failure reason (e.g. quota exceeded): not delivered.
+        self._hop(self._listener.transport_acked, mid, str(rc) if rc.is_failure else None)
+
+    def _paho_thread_death(self, err: BaseException) -> None:
+        assert self._listener is not None
+        self._hop(self._listener.transport_died, err)
+
+    # -- event loop side -------------------------------------------------------------------------------
+
+    def _on_connect(self, reason: str, failed: bool) -> None:
+        assert self._listener is not None
+        if failed:
+            self._listener.transport_failed(f"{self.where} refused the connection: {reason}",
+                                            fatal=reason in _AUTH_FAILURES)
+        else:
+            self._listener.transport_connected()
+
+    def _on_connect_fail(self, err: BaseException | None) -> None:
+        assert self._listener is not None
+        if isinstance(err, ssl.SSLCertVerificationError):
+            # A commissioning error: retrying cannot fix it.
+            self._listener.transport_failed(
+                f"{self.where}: TLS certificate not trusted ({err.verify_message}); check mqtt.tls.ca_file",
+                fatal=True)
+            return
+        why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err or "unknown error")
+        self._listener.transport_failed(f"{self.where}: cannot connect: {why}", fatal=False)

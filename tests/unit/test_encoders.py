@@ -1,0 +1,89 @@
+"""Encoders: the compact JSON form carries exactly the readings of the full form, and both match their schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from gateway.encode import ENCODERS, EncoderContext, JsonEncoder, make_encoder
+from gateway.encode_compact import CompactJsonEncoder, expand
+from gateway.model import Calibration, Quality, Reading
+from gateway.store import Outgoing
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
+CTX = EncoderContext("carbon", "gw-1", "0123456789abcdef0123456789abcdef", "cfg1")
+
+
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+
+
+def poll_readings(n_polls: int, points: int = 10) -> list[Reading]:
+    """What a CEMS gives: `points` float32-derived values per poll, one poll a second."""
+    import struct
+
+    out = []
+    for k in range(n_polls):
+        for p in range(points):
+            raw = 10 + k * 0.37 + p * 1.13
+            v = struct.unpack("<f", struct.pack("<f", raw))[0]  # float32 precision, as read from registers
+            out.append(Reading("CEMS-01", f"point_{p}", 1_795_488_593_123 + 1000 * k, v, "mg/m3", Quality.GOOD, "",
+                               Calibration.VALID))
+    return out
+
+
+readings_st = st.lists(
+    st.builds(Reading, st.just("I"), st.sampled_from(["co2", "o2", "flow"]), st.integers(1_700_000_000_000,
+                                                                                          1_700_000_100_000),
+              st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)), st.sampled_from(["%vol", "kW"]),
+              st.sampled_from(list(Quality)), st.sampled_from(["", "timeout", "over_range", "code:BadX"]),
+              st.sampled_from(list(Calibration))),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(readings_st)
+def test_compact_expands_to_exactly_the_full_form(rows: list[Reading]) -> None:
+    out = Outgoing(7, "I", "readings", 3, 0, rows)
+    full = json.loads(JsonEncoder(CTX).message(out).payload)
+    compact = json.loads(CompactJsonEncoder(CTX).message(out).payload)
+    validator("readings").validate(full)
+    validator("readings-compact").validate(compact)
+    assert expand(compact) == full["readings"]
+    assert {k: compact[k] for k in ("gateway", "instrument", "epoch", "seq")} == \
+           {k: full[k] for k in ("gateway", "instrument", "epoch", "seq")}
+
+
+def test_compact_is_at_most_40_bytes_a_reading_for_a_typical_message() -> None:
+    out = Outgoing(1, "CEMS-01", "readings", 4711, 0, poll_readings(10))  # 100 readings per message
+    compact = CompactJsonEncoder(CTX).message(out)
+    full = JsonEncoder(CTX).message(out)
+    assert len(compact.payload) / 100 <= 40, len(compact.payload)
+    assert len(compact.payload) < len(full.payload) / 3
+    assert compact.topic == full.topic == "carbon/gw-1/CEMS-01/readings"
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_encoder_speaks_the_documented_status_meta_and_derived_payloads(name: str) -> None:
+    enc = make_encoder(name, CTX)
+    will, death = enc.will(), enc.death()
+    assert (will.topic, will.retain, will.qos) == ("carbon/gw-1/status", True, 1)
+    for pub, reason in ((will, "connection_lost"), (death, "shutdown")):
+        body = json.loads(pub.payload)
+        validator("status").validate(body)
+        assert (body["state"], body["reason"], body["epoch"]) == ("offline", reason, CTX.epoch)
+    stalled = json.loads(enc.status("stalled", {"ts": 1}).payload)
+    validator("status").validate(stalled)
+    assert stalled["state"] == "stalled"
+    ev = enc.message(Outgoing(9, "I", "events", 2, 0, [{"type": "gap_open", "kind": "open", "instrument": "I",
+                                                         "point": "co2", "start_ms": 1, "end_ms": None,
+                                                         "cause": "communication_loss"}]))
+    assert ev.topic == "carbon/gw-1/I/events"
+    body = json.loads(ev.payload)
+    validator("events").validate(body)
+    assert body["epoch"] == CTX.epoch

@@ -1,0 +1,115 @@
+"""The store's outbox: begin/ack/release with one cursor; live traffic from memory equals what a re-read gives."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from gateway.model import Calibration, Quality, Reading
+from gateway.store import Derived, Store
+
+
+def reading(instrument: str, i: int, value: float | None = 1.5) -> Reading:
+    return Reading(instrument, f"p{i % 3}", 1_700_000_000_000 + i, value, "kW", Quality.GOOD, "", Calibration.VALID)
+
+
+def pending_ids(path: Path) -> list[int]:
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT message_id FROM pending ORDER BY message_id")]
+
+
+def test_begin_hands_out_each_message_once_and_ack_marks_it_delivered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.commit([reading("A", i) for i in range(6)], now_ms=1, per_message=2)  # 3 messages
+    first = store.begin(2)
+    assert [(o.instrument, o.seq) for o in first] == [("A", 1), ("A", 2)]
+    assert [o.id for o in store.begin(10)] == [3]  # handed-out messages are not offered again
+    assert store.begin(10) == []
+    store.ack([first[0].id])
+    store.flush()
+    assert pending_ids(tmp_path / "s.db") == [2, 3]
+    assert store.stats().pending_messages == 2
+    store.close()
+
+
+def test_acks_ride_with_the_next_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.commit([reading("A", i) for i in range(2)], now_ms=1, per_message=1)
+    store.ack([o.id for o in store.begin(10)])
+    assert store.stats().pending_messages == 0  # as the status topic sees it, at once
+    assert pending_ids(tmp_path / "s.db") == [1, 2]  # not yet on disk: no transaction of its own
+    store.commit([reading("B", 0)], now_ms=2, per_message=1)
+    assert pending_ids(tmp_path / "s.db") == [3]
+    store.close()
+
+
+def test_released_messages_are_offered_again_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.commit([reading("A", i) for i in range(3)], now_ms=1, per_message=1)
+    got = store.begin(2)
+    store.release([got[1].id])
+    again = store.begin(10)
+    assert [o.id for o in again] == [got[1].id, 3]
+    assert again[0].rows == got[1].rows
+    store.close()
+
+
+def test_live_messages_from_memory_equal_what_the_store_rereads(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    derived = [Derived("events", "A", "p0", 5, {"type": "gap_open", "start_ms": 5, "end_ms": None})]
+    store.commit([reading("A", i, float(i) / 3) for i in range(7)] + [reading("B", 1, None)], now_ms=1,
+                 per_message=3, derived=derived)
+    live = store.begin(100)
+    store.close()
+    store = Store(path)  # everything is backlog now, read back from SQLite
+    backlog = store.begin(100)
+    assert [(o.id, o.instrument, o.kind, o.seq) for o in live] == [(o.id, o.instrument, o.kind, o.seq)
+                                                                     for o in backlog]
+    fields = ("point", "ts_ms", "value", "unit", "quality", "reason", "calibration")
+    for a, b in zip(live, backlog, strict=True):
+        if a.kind == "readings":
+            assert [tuple(getattr(r, f) for f in fields) for r in a.rows] == \
+                   [tuple(getattr(r, f) for f in fields) for r in b.rows]
+        else:
+            assert list(a.rows) == list(b.rows)
+    store.close()
+
+
+def test_evicted_live_messages_are_read_back(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.recent_rows_max = 4
+    store.commit([reading("A", i) for i in range(10)], now_ms=1, per_message=2)  # 5 messages, 3 evicted
+    got = store.begin(100)
+    assert [o.seq for o in got] == [1, 2, 3, 4, 5]
+    assert [len(o.rows) for o in got] == [2, 2, 2, 2, 2]
+    store.close()
+
+
+def test_backlog_and_live_share_the_window(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.commit([reading("OLD", i) for i in range(50)], now_ms=1, per_message=1)
+    store.close()
+    store = Store(path)  # 50 messages of backlog
+    store.commit([reading("NEW", i) for i in range(50)], now_ms=2, per_message=1)
+    got = store.begin(10)
+    assert sorted({o.instrument for o in got}) == ["NEW", "OLD"]  # live data is not starved by the backlog
+    assert [o.seq for o in got if o.instrument == "OLD"] == [1, 2, 3, 4, 5]
+    assert [o.seq for o in got if o.instrument == "NEW"] == [1, 2, 3, 4, 5]
+    store.close()
+
+
+def test_mark_backlog_on_reconnect_keeps_order_and_loses_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.commit([reading("A", i) for i in range(4)], now_ms=1, per_message=1)
+    store.mark_backlog()  # a reconnect: what was committed meanwhile drains beside new traffic
+    store.commit([reading("A", i) for i in range(4, 6)], now_ms=2, per_message=1)
+    seen: list[int] = []
+    while batch := store.begin(2):
+        seen += [o.seq for o in batch]
+        store.ack([o.id for o in batch])
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+    store.flush()
+    assert pending_ids(tmp_path / "s.db") == []
+    store.close()
