@@ -13,7 +13,7 @@ from gateway.model import Quality
 from gateway.registry_schema import Kind, PointModel, Range
 from gateway.rules.aggregates import PeriodRule
 from gateway.rules.gaps import GapRules
-from gateway.rules.policy_config import SubstitutionPolicy, parse_policy_config, validate_policy_config
+from gateway.rules.policy_config import SubstitutionPolicy, resolve_policy
 from gateway.rules.totalizer import TotalizerConfig
 from gateway.rules.validity import ValidityRules, default_rules
 from gateway.units import UnitError, conversion
@@ -95,18 +95,19 @@ def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: R
         # substituting that is not supported yet: say so rather than accept a policy that never runs.
         errors.append(("missing_data", "totalizer points are recovered from the counter difference; "
                                        "missing_data/feeds_emissions are not supported on totalizers"))
-    elif p.missing_data is not None or feeds:
-        config = {**(p.missing_data or {})}
-        if p.direction is not None:
-            config.setdefault("direction", p.direction)
-        if p.missing_data is None:
-            errors.append(("missing_data", "a point that feeds an emission figure needs a missing_data policy"))
-        else:
-            problems = validate_policy_config(config, feeds_emissions=feeds)
-            errors.extend((f"missing_data.{m.split(':', 1)[0].strip()}" if ":" in m else "missing_data",
-                           m.split(":", 1)[1].strip() if ":" in m else m) for m in problems)
-            if not problems:
-                policy = parse_policy_config(config, feeds_emissions=feeds)
+    elif p.missing_data is None and feeds:
+        errors.append(("missing_data", "a point that feeds an emission figure needs a missing_data policy"))
+    elif p.missing_data is not None:
+        # The block's own types were checked with the registry (MissingData); what is left is the direction,
+        # which the point may give for the block, and the rules between parameters.
+        params = p.missing_data
+        if params.direction is None and p.direction is not None:
+            params = params.model_copy(update={"direction": p.direction})
+        resolved, problems = resolve_policy(params, feeds_emissions=feeds)
+        errors.extend((f"missing_data.{m.split(':', 1)[0].strip()}" if ":" in m else "missing_data",
+                       m.split(":", 1)[1].strip() if ":" in m else m) for m in problems)
+        if not problems:
+            policy = resolved
     totalizer = None
     if p.totalizer:
         # Readings further apart than 1.5 cadences bound a gap; across it the counter difference recovers

@@ -24,6 +24,7 @@ from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import HealthRule, InstrumentSpec, ModbusDevice, PointSpec
 from gateway.point_rules import compile_point_rules
 from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointModel, ProfileModel
+from gateway.rules.methods import error_line as missing_data_error
 from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
 from gateway.units import UnitError, check_unit, conversion
 from gateway.yamlload import line_of, load_yaml, to_plain
@@ -64,9 +65,13 @@ def _validate_at(model: type[BaseModel], node: Any, tree: Any, base: tuple[int |
         return model.model_validate(to_plain(node))
     except ValidationError as err:
         for e in err.errors():
-            loc = base + tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "union_tag_invalid":
+            raw, msg = tuple(e["loc"]), e["msg"].removeprefix("Value error, ")
+            if "missing_data" in raw:  # a point's substitution method: its union tag out, its own words in
+                cut = raw.index("missing_data") + 1
+                sub, msg = missing_data_error(raw[cut:], e)
+                raw = raw[:cut] + sub
+            loc = base + tuple(p for p in raw if not (isinstance(p, str) and p in _PROTOCOL_TAGS))
+            if e["type"] == "union_tag_invalid" and "missing_data" not in raw:
                 msg = f"unknown protocol; expected one of {e.get('ctx', {}).get('expected_tags', '')}"
             errors.append(ConfigError(msg, file=str(file), line=line_of(tree, loc), field=_loc_text(loc)))
         return None

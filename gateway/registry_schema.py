@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.modbus.spec import DataType, Table, WordOrder
 from gateway.model import NE107
 from gateway.model import InstrumentKind as Kind
+from gateway.rules.methods import MissingData
 
 
 def is_loopback_host(host: str) -> bool:
@@ -85,7 +86,7 @@ class PointModel(Strict):
     aggregate: AggregateModel | None = None
     feeds_emissions: bool | None = None  # a point that feeds an emission figure needs a direction
     direction: Literal["high", "low"] | None = None
-    missing_data: dict[str, Any] | None = None  # selector and parameters, see docs/rules.md
+    missing_data: MissingData | None = None  # one substitution method and its parameters (docs/rules.md §1.2)
     rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
     simulate: dict[str, object] | None = None
 

@@ -10,12 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from gateway.rules.errors import RuleInputError
 from gateway.rules.exact import exact_mean, fraction_text, round_half_up
 from gateway.rules.hours import Gap, HourValue, hour_after, hour_before
-from gateway.rules.policy_config import SubstitutionPolicy
 from gateway.rules.trace import METHOD_DEFAULT, METHOD_HBHA, METHOD_ONE_SIDED, AvailabilityTrace
+
+if TYPE_CHECKING:
+    from gateway.rules.methods import Hj75Params, Part75Params
+    from gateway.rules.policy_config import SubstitutionPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +104,14 @@ def build_context(history: tuple[HourValue, ...], gap: Gap, policy: Substitution
     prior_qa = sum(1 for item in history if item.hour < gap.start and item.value is not None)
     pma = alpha = None
     if policy.selector == "part75_tiered":
-        pma = Availability(policy.pma, "given") if policy.pma is not None else compute_pma(
-            history, gap.start, policy.pma_window_operating_hours)
+        part75: Part75Params = policy.params  # type: ignore[assignment]
+        given = part75.given_pma
+        pma = Availability(given, "given") if given is not None else compute_pma(
+            history, gap.start, part75.pma_window_operating_hours)
     if policy.selector == "hj75_tiered":
-        alpha = Availability(policy.alpha_pct, "given") if policy.alpha_pct is not None else compute_alpha(history)
+        hj75: Hj75Params = policy.params  # type: ignore[assignment]
+        given = hj75.given_alpha
+        alpha = Availability(given, "given") if given is not None else compute_alpha(history)
     bins = MappingProxyType({item.hour: item.load_bin for item in history})
     return GapContext(history, gap, policy, inputs, hb, ha, resolve_hbha(hb, ha, policy), pma, alpha, oldest,
                       prior_qa, bins)

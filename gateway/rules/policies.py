@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from gateway.rules.context import HbHa
+from gateway.rules.direction import Direction
 from gateway.rules.exact import exact_mean
 from gateway.rules.lookback import LookbackWindow
 from gateway.rules.percentile import nearest_rank, nearest_rank_k
-from gateway.rules.policy_config import Direction
 from gateway.rules.trace import (
     METHOD_BIN_AVERAGE,
     METHOD_DEFAULT,

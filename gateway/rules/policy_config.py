@@ -1,136 +1,136 @@
 """Substitution policy configuration: one per point, validated once at load time.
 
-The vocabulary is the one of missing-data.md §2 and docs/rules.md. ``validate_policy_config`` returns every
-problem as a string (the config loader locates them in the YAML); ``parse_policy_config`` returns the typed
-policy or raises ``PolicyConfigError`` with the same list.
+The methods and their parameter models are declared in ``methods.py``; this module turns a ``missing_data``
+block into a ``SubstitutionPolicy`` and checks what the models cannot: the direction (§2.4, standard
+10.1.3 f), the rules between parameters, and the fallback values a rare branch will need.
+``validate_policy_config`` returns every problem as a ``field: message`` string (the config loader
+locates them in the YAML); ``parse_policy_config`` returns the policy or raises ``PolicyConfigError``
+with the same list.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from enum import StrEnum
+from collections.abc import Mapping
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import TypeAdapter, ValidationError
+
+from gateway.rules.direction import Direction
 from gateway.rules.errors import PolicyConfigError
-from gateway.rules.exact import fraction_text, to_fraction
-from gateway.rules.lookback import PART75_MAX_AGE_HOURS
-
-
-class Direction(StrEnum):
-    """Direction of conservatism: the sign of dE/dx in the plant's emission equation (missing-data.md §2.4)."""
-
-    HIGH = "high"  # a larger value gives more emissions (or less credit)
-    LOW = "low"
-
-
-SELECTORS = (
-    "part75_tiered",
-    "hj75_tiered",
-    "mean_plus_2sigma",
-    "hour_before_after",
-    "percentile_lookback",
-    "max_lookback",
-    "min_lookback",
-    "last_good",
-    "fixed_conservative_default",
+from gateway.rules.exact import fraction_text
+from gateway.rules.methods import (
+    FLAT_FIELDS,
+    INFO_KEYS,
+    METHODS,
+    SELECTORS,
+    CommonParams,
+    DirectionRule,
+    LengthRule,
+    Method,
+    MissingData,
+    NoBeforeFallback,
+    OpenGapFallback,
+    Part75Kind,
+    ProvisionalPolicy,
+    error_lines,
+    flat_value,
+    is_info_key,
 )
 
-PROVISIONAL_POLICIES = ("last_good", "selector", "fixed_conservative_default")
-OPEN_GAP_FALLBACKS = ("hour_before", "default_value")
-NO_BEFORE_FALLBACKS = ("hour_after", "potential", "default_value")
-LENGTH_RULES = ("whole_period", "per_hour_ordinal")
-KINDS = ("conc", "binned")
+__all__ = ["INFO_KEYS", "SELECTORS", "Direction", "SubstitutionPolicy", "is_info_key", "parse_policy_config",
+           "resolve_policy", "validate_policy_config"]
 
-# Keys every selector accepts.
-_COMMON = frozenset({
-    "selector", "direction", "citation", "default_value", "physical_min", "physical_max",
-    "provisional_policy", "open_gap_fallback",
-})
-_LOOKBACK = frozenset({"lookback_hours", "max_age_hours"})
-_ALLOWED: dict[str, frozenset[str]] = {
-    "part75_tiered": _COMMON | _LOOKBACK | {
-        "kind", "pma", "pma_window_operating_hours", "length_rule", "percentile_method",
-        "max_potential", "min_potential", "nox_eq_19_3_4_8",
-    },
-    "hj75_tiered": _COMMON | {
-        "alpha_pct", "window_short", "window_long", "window_low_alpha", "below_75_fallback", "length_rule",
-        "max_age_hours",
-    },
-    "mean_plus_2sigma": _COMMON | {"ddof"},
-    "hour_before_after": _COMMON | {"no_before_fallback", "max_potential", "min_potential", "nox_eq_19_3_4_8"},
-    "percentile_lookback": _COMMON | _LOOKBACK | {"percentile", "floor_hbha", "percentile_method"},
-    "max_lookback": _COMMON | _LOOKBACK,
-    "min_lookback": _COMMON | _LOOKBACK,
-    "last_good": _COMMON | {"plan_approved"},
-    "fixed_conservative_default": _COMMON,
-}
+PROVISIONAL_POLICIES: tuple[str, ...] = get_args(ProvisionalPolicy)
+OPEN_GAP_FALLBACKS: tuple[str, ...] = get_args(OpenGapFallback)
+NO_BEFORE_FALLBACKS: tuple[str, ...] = get_args(NoBeforeFallback)
+LENGTH_RULES: tuple[str, ...] = get_args(LengthRule)
+KINDS: tuple[str, ...] = get_args(Part75Kind)
 
-# Free-text keys that document a config or a test vector and change nothing.
-INFO_KEYS = frozenset({"parameter", "period", "reference_period", "note", "description", "unit", "source"})
-
-
-def is_info_key(key: str) -> bool:
-    return key in INFO_KEYS or key.endswith("_note")
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(MissingData)
 
 
 @dataclass(frozen=True, slots=True)
 class SubstitutionPolicy:
-    """A validated substitution policy. Every field is configuration (hashed into ``config_hash``)."""
+    """A validated substitution policy: the method, its parameters and the resolved direction.
 
-    selector: str
+    The method's routine reads its own typed parameters; the properties below are the few every routine
+    shares. Every parameter is configuration (hashed into ``config_hash``).
+    """
+
+    method: Method[Any]
+    params: CommonParams
     direction: Direction | None
-    kind: str = "conc"
-    lookback_hours: int | None = None  # None: the selector's default (720 conc, 2,160 binned)
-    max_age_hours: int | None = PART75_MAX_AGE_HOURS
-    pma: Fraction | None = None  # None: computed from the history (§75.32); a number: audit override
-    pma_window_operating_hours: int = 8_760
-    alpha_pct: Fraction | None = None  # None: computed from the history (HJ 75 effective capture rate)
-    length_rule: str = "whole_period"
-    percentile_method: str = "nearest_rank"
-    percentile: Fraction | None = None
-    floor_hbha: bool = False
-    max_potential: float | None = None
-    min_potential: float | None = None
-    nox_eq_19_3_4_8: bool | None = None
-    ddof: int = 1
-    window_short: int = 180
-    window_long: int = 720
-    window_low_alpha: int = 2_160
-    below_75_fallback: str = "fixed_conservative_default"
-    default_value: float | None = None
-    provisional_policy: str = "last_good"
-    open_gap_fallback: str = "hour_before"
-    no_before_fallback: str = "hour_after"
-    physical_min: float | None = None
-    physical_max: float | None = None
-    citation: str | None = None
-    plan_approved: bool = False
+
+    @property
+    def selector(self) -> str:
+        return self.method.name
+
+    @property
+    def default_value(self) -> float | None:
+        return self.params.default_value
+
+    @property
+    def physical_min(self) -> float | None:
+        return self.params.physical_min
+
+    @property
+    def physical_max(self) -> float | None:
+        return self.params.physical_max
+
+    @property
+    def citation(self) -> str | None:
+        return self.params.citation
+
+    @property
+    def provisional_policy(self) -> str:
+        return self.params.provisional_policy
+
+    @property
+    def open_gap_fallback(self) -> str:
+        return self.params.open_gap_fallback
+
+    @property
+    def no_before_fallback(self) -> str:
+        return str(flat_value(self.params, "no_before_fallback"))
+
+    @property
+    def length_rule(self) -> str:
+        return str(flat_value(self.params, "length_rule"))
+
+    @property
+    def max_age_hours(self) -> int | None:
+        return flat_value(self.params, "max_age_hours")  # type: ignore[no-any-return]
+
+    @property
+    def kind(self) -> str:
+        return str(flat_value(self.params, "kind"))
 
     @property
     def window(self) -> int:
         """W for lookback selectors: configured, else 720 (conc) or 2,160 (binned) per §75.33(b)/(c)."""
-        if self.lookback_hours is not None:
-            return self.lookback_hours
+        lookback = flat_value(self.params, "lookback_hours")
+        if lookback is not None:
+            return int(lookback)
         return 2_160 if self.kind == "binned" else 720
 
     def potential(self) -> float | None:
         """Maximum potential (high) or minimum potential (low) value, §75.31(b)(2) / §75.33(b)(4)."""
-        return self.max_potential if self.direction is Direction.HIGH else self.min_potential
+        name = "max_potential" if self.direction is Direction.HIGH else "min_potential"
+        return flat_value(self.params, name)  # type: ignore[no-any-return]
 
     def to_json(self) -> dict[str, Any]:
+        """Every parameter of every method (absent ones at their defaults): the traced, hashed form."""
         out: dict[str, Any] = {}
-        for field in fields(self):
-            name = field.name
-            value = getattr(self, name)
-            if isinstance(value, Fraction):
+        for name in FLAT_FIELDS:
+            value = flat_value(self.params, name)
+            if name == "direction":
+                value = None if self.direction is None else self.direction.value
+            elif isinstance(value, Fraction):
                 value = fraction_text(value)
-            elif isinstance(value, Direction):
-                value = value.value
             out[name] = value
         return out
 
@@ -159,211 +159,81 @@ def parse_policy_config(config: Mapping[str, Any], *, feeds_emissions: bool = Tr
     return policy
 
 
-class _Reader:
-    """Typed access to a config mapping that collects errors instead of stopping at the first."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self.config = config
-        self.errors: list[str] = []
-
-    def get(self, key: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
-        if key not in self.config or self.config[key] is None:
-            return default
-        try:
-            return convert(self.config[key])
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            self.errors.append(f"{key}: {exc}")
-            return default
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TypeError(f"expected a number, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise ValueError(f"expected a finite number, got {v!r}")
-    return f
-
-
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"expected a positive integer, got {v!r}")
-    return v
-
-
-def _non_negative_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"expected a non-negative integer, got {v!r}")
-    return v
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"expected true or false, got {v!r}")
-    return v
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise TypeError(f"expected a non-empty string, got {v!r}")
-    return v
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(v: Any) -> str:
-        if v not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
-        return str(v)
-    return convert
-
-
-def _percent_or_compute(v: Any) -> Fraction | None:
-    if v == "compute":
-        return None
-    _number(v)
-    f = to_fraction(v)
-    if not 0 <= f <= 100:
-        raise ValueError(f"expected a percentage within 0..100 or \"compute\", got {v!r}")
-    return f
-
-
-def _percentile(v: Any) -> Fraction:
-    _number(v)
-    f = to_fraction(v)
-    if not 0 < f <= 100:
-        raise ValueError(f"expected a percentile within (0, 100], got {v!r}")
-    return f
-
-
-def _max_age(v: Any) -> int | None:
-    return _positive_int(v)
-
-
 def _parse(config: Mapping[str, Any], *, feeds_emissions: bool,
            require_fallbacks: bool) -> tuple[SubstitutionPolicy | None, list[str]]:
     if not isinstance(config, Mapping):
         return None, [f"policy: expected a mapping, got {type(config).__name__}"]
-    r = _Reader(config)
-    selector = config.get("selector")
-    if selector not in SELECTORS:
-        return None, [f"selector: expected one of {', '.join(SELECTORS)}, got {selector!r}"]
-    allowed = _ALLOWED[selector]
-    for key in config:
-        if not isinstance(key, str):
-            r.errors.append(f"{key!r}: keys must be strings")
-        elif key not in allowed and not is_info_key(key):
-            r.errors.append(f"{key}: not a parameter of {selector}")
+    try:
+        return resolve_policy(_ADAPTER.validate_python(config), feeds_emissions=feeds_emissions,
+                              require_fallbacks=require_fallbacks)
+    except ValidationError as err:
+        lines = error_lines(err.errors())
+    errors = [f"{'.'.join(map(str, loc)) or 'policy'}: {message}" for loc, message in lines]
+    if any(loc[:1] == ("selector",) for loc, _ in lines):
+        return None, errors
+    # Report what else is wrong in the same pass: check the rest of the block without the failed keys.
+    failed = {loc[0] for loc, _ in lines if loc}
+    try:
+        partial = _ADAPTER.validate_python({k: v for k, v in config.items() if k not in failed})
+    except ValidationError:
+        return None, errors
+    _, more = resolve_policy(partial, feeds_emissions=feeds_emissions, require_fallbacks=require_fallbacks,
+                             skip=failed)
+    return None, errors + more
 
-    n_errors = len(r.errors)
-    direction = r.get("direction", lambda v: Direction(_choice(("high", "low"))(v)))
-    direction_invalid = len(r.errors) > n_errors
-    nox19 = r.get("nox_eq_19_3_4_8", _bool)
+
+def resolve_policy(params: CommonParams, *, feeds_emissions: bool = True, require_fallbacks: bool = True,
+                   skip: frozenset[Any] | set[Any] = frozenset()) -> tuple[SubstitutionPolicy, list[str]]:
+    """The policy of a validated ``missing_data`` block and every problem the models cannot state.
+
+    ``skip``: fields already reported as invalid; their follow-up problems are not repeated.
+    """
+    method: Method[Any] = METHODS[params.selector]  # type: ignore[attr-defined]
+    errors: list[str] = []
+    direction = None if params.direction is None else Direction(params.direction)
+    nox19 = getattr(params, "nox_eq_19_3_4_8", None)
     if nox19 is not None:
         # §75.37(d)(1): moisture is low-direction unless Method 19 Eq. 19-3/4/8 is used for NOx.
         implied = Direction.HIGH if nox19 else Direction.LOW
         if direction is None:
             direction = implied
         elif direction is not implied:
-            r.errors.append(f"direction: {direction.value} contradicts nox_eq_19_3_4_8: {str(nox19).lower()} "
-                            f"(§75.37(d): moisture is {implied.value}-direction in that case)")
-    by_selector = {"max_lookback": Direction.HIGH, "min_lookback": Direction.LOW}.get(selector)
-    if by_selector is not None and direction is not None and direction is not by_selector:
-        r.errors.append(f"direction: {selector} is the {by_selector.value}-direction routine; use "
-                        f"{'min' if by_selector is Direction.HIGH else 'max'}_lookback for {direction.value}")
-    if direction is None and by_selector is not None and not feeds_emissions:
-        direction = by_selector
-    directional = selector in ("part75_tiered", "hj75_tiered", "percentile_lookback", "mean_plus_2sigma")
-    if direction is None and not direction_invalid:
+            errors.append(f"direction: {direction.value} contradicts nox_eq_19_3_4_8: {str(nox19).lower()} "
+                          f"(§75.37(d): moisture is {implied.value}-direction in that case)")
+    fixed = {DirectionRule.HIGH: Direction.HIGH, DirectionRule.LOW: Direction.LOW}.get(method.direction)
+    if fixed is not None and direction is not None and direction is not fixed:
+        errors.append(f"direction: {method.name} is the {fixed.value}-direction routine; use "
+                      f"{'min' if fixed is Direction.HIGH else 'max'}_lookback for {direction.value}")
+    if direction is None and fixed is not None and not feeds_emissions:
+        direction = fixed
+    if direction is None and "direction" not in skip:
         if feeds_emissions:
-            r.errors.append("direction: required (high or low) for a point that feeds an emission figure "
-                            "(missing-data.md §2.4, standard 10.1.3 f)")
-        elif directional:
-            r.errors.append(f"direction: {selector} needs a direction (high or low)")
-
-    kind = r.get("kind", _choice(KINDS), "conc")
-    if kind == "binned" and direction is Direction.LOW:
-        r.errors.append("kind: binned (flow, NOx; §75.33(c)) is defined for direction high only")
-
-    policy = SubstitutionPolicy(
-        selector=selector,
-        direction=direction,
-        kind=kind,
-        lookback_hours=r.get("lookback_hours", _positive_int),
-        max_age_hours=r.get("max_age_hours", _max_age, PART75_MAX_AGE_HOURS),
-        pma=r.get("pma", _percent_or_compute),
-        pma_window_operating_hours=r.get("pma_window_operating_hours", _positive_int, 8_760),
-        alpha_pct=r.get("alpha_pct", _percent_or_compute),
-        length_rule=r.get("length_rule", _choice(LENGTH_RULES), "whole_period"),
-        percentile_method=r.get("percentile_method", _nearest_rank_only, "nearest_rank"),
-        percentile=r.get("percentile", _percentile),
-        floor_hbha=r.get("floor_hbha", _bool, False),
-        max_potential=r.get("max_potential", _number),
-        min_potential=r.get("min_potential", _number),
-        nox_eq_19_3_4_8=nox19,
-        ddof=r.get("ddof", _non_negative_int, 1),
-        window_short=r.get("window_short", _positive_int, 180),
-        window_long=r.get("window_long", _positive_int, 720),
-        window_low_alpha=r.get("window_low_alpha", _positive_int, 2_160),
-        below_75_fallback=r.get("below_75_fallback", _choice(("fixed_conservative_default",)),
-                                "fixed_conservative_default"),
-        default_value=r.get("default_value", _number),
-        provisional_policy=r.get("provisional_policy", _choice(PROVISIONAL_POLICIES), "last_good"),
-        open_gap_fallback=r.get("open_gap_fallback", _choice(OPEN_GAP_FALLBACKS), "hour_before"),
-        no_before_fallback=r.get("no_before_fallback", _choice(NO_BEFORE_FALLBACKS), "hour_after"),
-        physical_min=r.get("physical_min", _number),
-        physical_max=r.get("physical_max", _number),
-        citation=r.get("citation", _text),
-        plan_approved=r.get("plan_approved", _bool, False),
-    )
-    errors = r.errors
-    if selector == "percentile_lookback" and policy.percentile is None:
-        errors.append("percentile: required for percentile_lookback")
-    if (policy.physical_min is not None and policy.physical_max is not None
-            and policy.physical_min > policy.physical_max):
+            errors.append("direction: required (high or low) for a point that feeds an emission figure "
+                          "(missing-data.md §2.4, standard 10.1.3 f)")
+        elif method.direction is DirectionRule.REQUIRED:
+            errors.append(f"direction: {method.name} needs a direction (high or low)")
+    errors.extend(method.check(params, direction))
+    if params.physical_min is not None and params.physical_max is not None \
+            and params.physical_min > params.physical_max:
         errors.append("physical_min: greater than physical_max")
-    if selector == "last_good" and not policy.plan_approved:
-        errors.append("selector: last_good is not conservative; use it as provisional_policy, or set "
-                      "plan_approved: true where the monitoring plan approves it (§98.35(b)(1) no-'after' case)")
-    if selector == "fixed_conservative_default" and policy.default_value is None:
-        errors.append("default_value: required for fixed_conservative_default")
-    if policy.provisional_policy == "fixed_conservative_default" and policy.default_value is None:
+    if params.provisional_policy == "fixed_conservative_default" and params.default_value is None:
         errors.append("default_value: required by provisional_policy fixed_conservative_default")
-    if policy.open_gap_fallback == "default_value" and policy.default_value is None:
+    if params.open_gap_fallback == "default_value" and params.default_value is None:
         errors.append("default_value: required by open_gap_fallback default_value")
-    if selector == "hour_before_after" and policy.no_before_fallback == "default_value" \
-            and policy.default_value is None:
-        errors.append("default_value: required by no_before_fallback default_value")
+    policy = SubstitutionPolicy(method, params, direction)
     if require_fallbacks:
         errors.extend(_missing_fallbacks(policy))
-    return policy, errors
-
-
-def _nearest_rank_only(v: Any) -> str:
-    if v != "nearest_rank":
-        raise ValueError(f"only nearest_rank is supported, got {v!r}: an interpolated percentile is not a "
-                         "recorded hourly value (missing-data.md §1.1)")
-    return "nearest_rank"
+    return policy, [e for e in errors if e.split(":", 1)[0] not in skip]
 
 
 def _missing_fallbacks(policy: SubstitutionPolicy) -> list[str]:
     """Values a rare branch needs; a runtime config must carry them before the first gap."""
     errors: list[str] = []
-    potential_key = "max_potential" if policy.direction is Direction.HIGH else "min_potential"
-    if policy.selector == "part75_tiered" and policy.direction is not None and policy.potential() is None:
-        errors.append(f"{potential_key}: required by part75_tiered (PMA < 80 % or no prior QA data, "
-                      "§75.31(b)(2), §75.33(b)(4))")
-    if policy.selector == "hour_before_after" and policy.no_before_fallback == "potential" \
-            and policy.direction is not None and policy.potential() is None:
-        errors.append(f"{potential_key}: required by no_before_fallback potential")
-    needs_default = {
-        "hj75_tiered": "alpha < 75 % (below_75_fallback) or an empty lookback",
-        "mean_plus_2sigma": "fewer than 2 valid hours in the reference period",
-        "percentile_lookback": "an empty lookback",
-        "max_lookback": "an empty lookback",
-        "min_lookback": "an empty lookback",
-        "last_good": "no value before the gap",
-        "hour_before_after": "no value before or after the gap",
-    }
-    if policy.selector in needs_default and policy.default_value is None:
-        errors.append(f"default_value: required by {policy.selector} ({needs_default[policy.selector]})")
+    method = policy.method
+    needed_by = method.potential_needed_for(policy.params)
+    if needed_by is not None and policy.direction is not None and policy.potential() is None:
+        key = "max_potential" if policy.direction is Direction.HIGH else "min_potential"
+        errors.append(f"{key}: required by {needed_by}")
+    if method.default_needed_for is not None and policy.default_value is None:
+        errors.append(f"default_value: required by {method.name} ({method.default_needed_for})")
     return errors

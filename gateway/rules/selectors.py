@@ -1,15 +1,18 @@
 """Selectors: which routine applies to one gap hour (missing-data.md §2.3).
 
-``part75_tier`` and ``hj75_window`` are the pure tier tables; ``select_hour`` applies the configured
-selector to one hour and returns its ``Outcome``.
+``part75_tier`` and ``hj75_window`` are the pure tier tables. Each method's routine takes the gap context,
+the method's own parameters, the hour and the gap length used; ``methods.py`` declares which routine
+belongs to which method, and ``select_hour`` runs the configured one.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from gateway.rules.context import GapContext
+from gateway.rules.direction import Direction
 from gateway.rules.errors import RuleInputError
 from gateway.rules.hours import HourValue
 from gateway.rules.lookback import PART75_MAX_AGE_HOURS, LookbackWindow, lookback
@@ -23,8 +26,19 @@ from gateway.rules.policies import (
     mean_plus_2sigma,
     percentile_outcome,
 )
-from gateway.rules.policy_config import Direction
 from gateway.rules.trace import METHOD_EXTREME, METHOD_INITIAL, METHOD_LAST_GOOD
+
+if TYPE_CHECKING:
+    from gateway.rules.methods import (
+        FixedDefaultParams,
+        Hj75Params,
+        HourBeforeAfterParams,
+        LastGoodParams,
+        LookbackParams,
+        MeanPlus2SigmaParams,
+        Part75Params,
+        PercentileLookbackParams,
+    )
 
 
 class Part75Tier(IntEnum):
@@ -97,26 +111,8 @@ def hj75_window(alpha: Fraction, n: int, short: int, long: int, low_alpha: int) 
 
 
 def select_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
-    """The configured selector's substitute for one gap hour."""
-    selector = ctx.policy.selector
-    if selector == "part75_tiered":
-        return _part75(ctx, hv, n_used)
-    if selector == "hj75_tiered":
-        return _hj75(ctx, n_used)
-    if selector == "mean_plus_2sigma":
-        return _mean_plus_2sigma(ctx)
-    if selector == "hour_before_after":
-        return _hour_before_after(ctx)
-    if selector == "percentile_lookback":
-        return _percentile_lookback(ctx)
-    if selector in ("max_lookback", "min_lookback"):
-        return _extreme_lookback(ctx)
-    if selector == "last_good":
-        return last_good(ctx)
-    if selector == "fixed_conservative_default":
-        return fixed_default(ctx.require_default("fixed_conservative_default"), "fixed_conservative_default",
-                             "configured conservative default (value and provenance in configuration)")
-    raise RuleInputError(f"unknown selector {selector!r}")
+    """The configured method's substitute for one gap hour."""
+    return ctx.policy.method.select(ctx, ctx.policy.params, hv, n_used)
 
 
 def provisional_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
@@ -161,9 +157,17 @@ def _require_hbha(ctx: GapContext) -> None:
                              "for this gap")
 
 
-def _part75(ctx: GapContext, hv: HourValue, n: int) -> Outcome:
-    policy = ctx.policy
-    direction = policy.direction
+def fixed_conservative_default(ctx: GapContext, _p: FixedDefaultParams, _hv: HourValue, _n: int) -> Outcome:
+    return fixed_default(ctx.require_default("fixed_conservative_default"), "fixed_conservative_default",
+                         "configured conservative default (value and provenance in configuration)")
+
+
+def last_good_hour(ctx: GapContext, _p: LastGoodParams, _hv: HourValue, _n: int) -> Outcome:
+    return last_good(ctx)
+
+
+def part75(ctx: GapContext, policy: Part75Params, hv: HourValue, n: int) -> Outcome:
+    direction = ctx.policy.direction
     assert direction is not None
     if ctx.prior_qa_hours == 0:
         return fixed_default(ctx.require_potential("no prior QA data"), _potential_routine(ctx),
@@ -247,10 +251,10 @@ def _empty_lookback(ctx: GapContext, window: LookbackWindow, why: str) -> Outcom
                          notes=(why,), alarms=alarm, lookback=window)
 
 
-def _hj75(ctx: GapContext, n: int) -> Outcome:
-    policy = ctx.policy
+def hj75(ctx: GapContext, policy: Hj75Params, _hv: HourValue, n: int) -> Outcome:
+    direction = ctx.policy.direction
     assert ctx.alpha is not None
-    assert policy.direction is not None
+    assert direction is not None
     w = hj75_window(ctx.alpha.pct, n, policy.window_short, policy.window_long, policy.window_low_alpha)
     if w is None:
         alarm = "HJ 75 alpha < 75 %: outside the standard's table; configured default used"
@@ -259,18 +263,18 @@ def _hj75(ctx: GapContext, n: int) -> Outcome:
     window = _window(ctx, w)
     tier = "alpha >= 90 %, N <= 24" if ctx.alpha.pct >= 90 and n <= 24 else (
         "alpha >= 90 %, N > 24" if ctx.alpha.pct >= 90 else "75 % <= alpha < 90 %")
-    name = "max" if policy.direction is Direction.HIGH else "min"
+    name = "max" if direction is Direction.HIGH else "min"
     citation = (f"HJ 75-2017 data-invalid-period table ({tier}): {name} of the {w} valid hours before the "
                 "outage (corroborated)")
-    out = extreme_outcome(window, policy.direction, f"{name}_lookback({w})", citation)
+    out = extreme_outcome(window, direction, f"{name}_lookback({w})", citation)
     return out or _empty_lookback(ctx, window, "empty lookback")
 
 
-def _mean_plus_2sigma(ctx: GapContext) -> Outcome:
-    policy = ctx.policy
-    assert policy.direction is not None
+def mean_plus_2sigma_hour(ctx: GapContext, policy: MeanPlus2SigmaParams, _hv: HourValue, _n: int) -> Outcome:
+    direction = ctx.policy.direction
+    assert direction is not None
     values = [item.value for item in ctx.history if item.value is not None]
-    out = mean_plus_2sigma(values, policy.ddof, policy.direction)
+    out = mean_plus_2sigma(values, policy.ddof, direction)
     alarms: tuple[str, ...] = ()
     if ctx.gap.end - ctx.gap.start + 1 > 120:
         alarms = ("Reg. (EU) 2018/2066 Art. 45(1): equipment out of operation for more than five consecutive "
@@ -283,7 +287,7 @@ def _mean_plus_2sigma(ctx: GapContext) -> Outcome:
                    alarms)
 
 
-def _hour_before_after(ctx: GapContext) -> Outcome:
+def hour_before_after(ctx: GapContext, _p: HourBeforeAfterParams, _hv: HourValue, _n: int) -> Outcome:
     hbha = ctx.hbha
     if hbha.value is None:
         missing = "max_potential/min_potential" if hbha.source == "potential" else "default_value"
@@ -292,24 +296,23 @@ def _hour_before_after(ctx: GapContext) -> Outcome:
     return hbha_outcome(hbha, "40 CFR 98.35(b)(1)")
 
 
-def _percentile_lookback(ctx: GapContext) -> Outcome:
-    policy = ctx.policy
-    assert policy.percentile is not None
-    assert policy.direction is not None
+def percentile_lookback(ctx: GapContext, policy: PercentileLookbackParams, _hv: HourValue, _n: int) -> Outcome:
+    direction = ctx.policy.direction
+    assert direction is not None
     window = _window(ctx, policy.window)
     hbha = None
     if policy.floor_hbha:
         _require_hbha(ctx)
         hbha = ctx.hbha
     citation = "missing-data.md §2.2 percentile_lookback (nearest rank, design-choice)"
-    out = percentile_outcome(window, policy.percentile, policy.direction, citation, hbha)
+    out = percentile_outcome(window, policy.exact_percentile, direction, citation, hbha)
     return out or _empty_lookback(ctx, window, "empty lookback")
 
 
-def _extreme_lookback(ctx: GapContext) -> Outcome:
-    policy = ctx.policy
-    direction = Direction.HIGH if policy.selector == "max_lookback" else Direction.LOW
+def extreme_lookback(ctx: GapContext, policy: LookbackParams, _hv: HourValue, _n: int) -> Outcome:
+    """max_lookback and min_lookback: the routine's own direction, whatever the point's (§2.2)."""
+    direction = Direction.HIGH if ctx.policy.selector == "max_lookback" else Direction.LOW
     window = _window(ctx, policy.window)
-    out = extreme_outcome(window, direction, policy.selector,
-                          f"missing-data.md §2.2 {policy.selector}(W={policy.window})")
+    out = extreme_outcome(window, direction, ctx.policy.selector,
+                          f"missing-data.md §2.2 {ctx.policy.selector}(W={policy.window})")
     return out or _empty_lookback(ctx, window, "empty lookback")

@@ -22,7 +22,8 @@ ALLOWED_STDLIB = frozenset({
     "__future__", "abc", "bisect", "collections", "dataclasses", "decimal", "enum", "fractions", "functools",
     "hashlib", "heapq", "itertools", "json", "math", "operator", "statistics", "types", "typing",
 })
-ALLOWED_THIRD_PARTY = frozenset({"pydantic", "annotated_types"})  # parameter models: validation, no I/O
+# Parameter models: validation only, no I/O.
+ALLOWED_THIRD_PARTY = frozenset({"pydantic", "pydantic_core", "annotated_types"})
 # Inside the project: the package itself, the plain record/enum types, the error root and the version.
 ALLOWED_GATEWAY = ("gateway.rules", "gateway.model", "gateway.errors")
 FORBIDDEN_CALLS = frozenset({"open", "print", "input", "exec", "eval", "compile", "__import__", "breakpoint"})
