@@ -25,7 +25,7 @@ from gateway.overload import OverloadMonitor
 from gateway.poller import ConnectionPoller, failed_samples
 from gateway.queue import ReadingQueue
 from gateway.registry import Config
-from gateway.rules_stage import RulesStage
+from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
 from gateway.supervisor import FAILED, Supervisor
@@ -205,26 +205,15 @@ class Gateway:
             return None  # broker unreachable: keep polling and storing, the forwarder keeps retrying
 
     def _rules(self, store: Store) -> RulesStage:
-        """The rules engine, with each point's history and open period reloaded from the store."""
-        now = self.clock.wall_ms()
-        points = [(i.id, p.name) for i in self.config.instruments for p in i.points]
-        rules = RulesStage(self.config.instruments, now_ms=now, last_readings=store.last_readings(points))
-        month_ago = now - 31 * 86_400_000
-        for instrument, point in rules.points():
-            # The substitution lookback needs the period history; other points only where they stopped.
-            aggregates = store.records("aggregates", instrument, point, since_ms=now - 3 * 365 * 86_400_000,
-                                       last=None if rules.wants_history(instrument, point) else 1)
-            subs = store.records("substitutes", instrument, point, since_ms=month_ago)
-            open_from = aggregates[-1]["period_end"] if aggregates else None
-            current = store.readings_since(instrument, point, int(open_from)) if open_from is not None else []
-            rules.restore(instrument, point, aggregates, subs, current)
-        return rules
+        """The rules engine, resumed from its checkpoints in the store (see rules_stage.load_rules)."""
+        return load_rules(self.config.instruments, store, self.clock.wall_ms())
 
     async def _write(self, queue: ReadingQueue, store: Store, forwarder: Forwarder) -> None:
         st = self.config.settings
         interval = st.store.commit_interval_ms / 1000
         per_message = st.mqtt.readings_per_message
         self.rules = rules = self._rules(store)
+        cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
         events_seen = len(self._events)
         if self.overload.active:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
@@ -252,7 +241,9 @@ class Gateway:
             derived += more
             derived += rules.tick(now)
             if readings or derived:  # the acks the forwarder gave the store go with this transaction
-                created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived)
+                # The rules checkpoint goes with the readings it has seen: same transaction.
+                created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived,
+                                       rules_state=rules.checkpoint(cp_limit))
                 if created:
                     forwarder.notify()
             self._held = []

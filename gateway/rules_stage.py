@@ -27,6 +27,7 @@ from gateway.rules.hours import HourValue
 from gateway.rules.substitution import substitute_gap
 from gateway.rules.totalizer import RunningTotal
 from gateway.rules.validity import ValidityState, check
+from gateway.store import Store
 
 log = logging.getLogger("gateway.rules")
 
@@ -132,7 +133,9 @@ class RulesStage:
         if checkpoint is not None:
             self._load(st, checkpoint)
         elif current:
-            self.refeed([r for r in current if st.period_start is None or r.ts_ms >= st.period_start])
+            # Totalizers take the readings before the open period too: the last good one is the anchor.
+            self.refeed([r for r in current if st.period_start is None or r.ts_ms >= st.period_start
+                         or st.rules.totalizer is not None])
 
     def refeed(self, readings: Iterable[Reading]) -> None:
         """Readings already stored (after a point's checkpoint), fed again at start-up in store order.
@@ -160,6 +163,12 @@ class RulesStage:
 
     def points(self) -> list[tuple[str, str]]:
         return list(self._points)
+
+    def is_totalizer(self, instrument: str, point: str) -> bool:
+        return self._points[(instrument, point)].rules.totalizer is not None
+
+    def period_ms(self, instrument: str, point: str) -> int:
+        return self._points[(instrument, point)].rules.period_ms
 
     def wants_history(self, instrument: str, point: str) -> bool:
         st = self._points.get((instrument, point))
@@ -484,3 +493,50 @@ def _trailing_gap(hist: Sequence[HourValue]) -> list[int]:
             break
         hours.append(hv.hour)
     return hours[::-1]
+
+
+CHECKPOINT_EVERY_MS = 30_000  # each point's state is committed at least this often (at most this much re-fed)
+YEARS_3_MS = 3 * 365 * 86_400_000
+MONTH_MS = 31 * 86_400_000
+
+
+def checkpoint_limit(n_points: int, commit_interval_ms: int) -> int:
+    """Points to checkpoint per commit so that every point gets one every CHECKPOINT_EVERY_MS, spread evenly
+    over the commits instead of one large write."""
+    return max(64, -(-n_points * max(1, commit_interval_ms) // CHECKPOINT_EVERY_MS))
+
+
+def load_rules(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int) -> RulesStage:
+    """The rules engine as it stood when the gateway stopped: history, latest substitutes and, per point, its
+    checkpoint plus the readings stored after it (only those: never the whole open period)."""
+    points = [(i.id, p.name) for i in instruments for p in i.points]
+    rules = RulesStage(instruments, now_ms=now_ms, last_readings=store.last_readings(points))
+    checkpoints = store.rules_state()
+    hwm: dict[tuple[str, str], int] = {}
+    for instrument, point in rules.points():
+        # The substitution lookback needs the period history; other points only where they stopped.
+        aggregates = store.records("aggregates", instrument, point, since_ms=now_ms - YEARS_3_MS,
+                                   last=None if rules.wants_history(instrument, point) else 1)
+        subs = store.records("substitutes", instrument, point, since_ms=now_ms - MONTH_MS)
+        cp = checkpoints.get((instrument, point))
+        if cp is not None:
+            hwm[(instrument, point)] = cp[0]
+            rules.restore(instrument, point, aggregates, subs, checkpoint=cp[1])
+            continue
+        # No checkpoint yet (a store from before them): the readings since the last stored period.
+        open_from = aggregates[-1]["period_end"] if aggregates else None
+        if open_from is not None and rules.is_totalizer(instrument, point):
+            open_from -= rules.period_ms(instrument, point)  # its last good reading anchors the open period
+        current = store.readings_since(instrument, point, int(open_from)) if open_from is not None else []
+        rules.restore(instrument, point, aggregates, subs, current)
+    if hwm:
+        after = min(hwm.values())
+        refed = 0
+        while batch := store.readings_after(after):
+            after = batch[-1][0]
+            todo = [r for rid, r in batch if rid > hwm.get((r.instrument, r.point), after)]
+            refed += len(todo)
+            rules.refeed(todo)
+        log.info("rules engine resumed %d points from their checkpoints, %d readings after them re-fed",
+                 len(hwm), refed)
+    return rules

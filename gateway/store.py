@@ -23,7 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -249,8 +249,12 @@ class Store:
 
     def commit(self, readings: Sequence[Reading], *, now_ms: int, per_message: int,
                acked: Iterable[int] = (), derived: Sequence[Derived] = (),
-               ingested: Sequence[tuple[str, str]] = ()) -> int:
+               ingested: Sequence[tuple[str, str]] = (),
+               rules_state: Mapping[tuple[str, str], str] | None = None) -> int:
         """One transaction: append readings, cut them into per-instrument messages, apply acks.
+
+        `rules_state` maps (instrument, point) to the rules engine's checkpoint of that point, upserted
+        in the same transaction with the last reading id committed so far as its high-water mark.
 
         `ingested` lists (sha256, file name) of the inbox files whose records are in `derived`: kept in
         the same transaction, so an inbox file is stored exactly once (see `is_ingested`).
@@ -259,7 +263,7 @@ class Store:
         message is a plain id range.
         """
         acked = [*self._out_acked, *acked]
-        if not readings and not acked and not derived and not ingested:
+        if not readings and not acked and not derived and not ingested and not rules_state:
             return 0
         by_instrument: dict[str, list[Reading]] = {}
         for r in readings:
@@ -325,6 +329,11 @@ class Store:
             if ingested:
                 db.executemany("INSERT OR IGNORE INTO ingested (sha256, name, stored_ms) VALUES (?,?,?)",
                                [(h, name, now_ms) for h, name in ingested])
+            if rules_state:
+                db.executemany("INSERT INTO rules_state (instrument, point, hwm, state, stored_ms) VALUES (?,?,?,?,?) "
+                               "ON CONFLICT(instrument, point) DO UPDATE SET hwm = excluded.hwm, "
+                               "state = excluded.state, stored_ms = excluded.stored_ms",
+                               [(i, p, rid - 1, state, now_ms) for (i, p), state in rules_state.items()])
             db.execute("COMMIT")
         except sqlite3.Error as err:
             if db.in_transaction:
@@ -505,6 +514,19 @@ class Store:
                                 "FROM readings WHERE instrument = ? AND point = ? AND ts_ms >= ? ORDER BY ts_ms, id",
                                 (instrument, point, ts_ms)).fetchall()
         return [Reading(i, p, t, v, u, Quality(q), r, Calibration(c)) for i, p, t, v, u, q, r, c in rows]
+
+    @_guarded("reading the rules checkpoints")
+    def rules_state(self) -> dict[tuple[str, str], tuple[int, str]]:
+        """(instrument, point) -> (high-water reading id, checkpoint text) of the rules engine."""
+        rows = self._db.execute("SELECT instrument, point, hwm, state FROM rules_state").fetchall()
+        return {(i, p): (int(h), s) for i, p, h, s in rows}
+
+    @_guarded("reading readings")
+    def readings_after(self, after_id: int, *, limit: int = 20_000) -> list[tuple[int, Reading]]:
+        """(id, reading) of up to `limit` readings with id > after_id, in id (commit) order."""
+        rows = self._db.execute("SELECT id, instrument, point, ts_ms, value, unit, quality, reason, calibration "
+                                "FROM readings WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [(rid, Reading(i, p, t, v, u, Quality(q), r, Calibration(c))) for rid, i, p, t, v, u, q, r, c in rows]
 
     @_guarded("looking up a reading")
     def reading_id_at(self, instrument: str, point: str, ts_ms: int) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import BLOB, Column, Float, Index, Integer, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -79,6 +79,19 @@ ingested = Table(
     Column("stored_ms", Integer, nullable=False),
 )
 
+# The rules engine's checkpoint per point (its open period's running summary, totalizer and validity state,
+# JSON): upserted in the same transaction as the readings it covers. `hwm` is the last reading id committed
+# with it; at start-up only the point's readings after it are fed again (issue 8: no reread of the period).
+rules_state = Table(
+    "rules_state",
+    metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("point", Text, primary_key=True),
+    Column("hwm", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("stored_ms", Integer, nullable=False),
+)
+
 # The store's identity lives in `meta` under key `epoch` (a uuid4 hex made with the store; schema 3 gives
 # one to older stores on open): subscribers deduplicate by (instrument, epoch, seq).
 
@@ -92,5 +105,9 @@ MIGRATIONS: list[list[str]] = [
     ],
     [
         "CREATE TABLE IF NOT EXISTS ingested (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, stored_ms INTEGER NOT NULL)",
+    ],
+    [
+        "CREATE TABLE IF NOT EXISTS rules_state (instrument TEXT NOT NULL, point TEXT NOT NULL, "
+        "hwm INTEGER NOT NULL, state TEXT NOT NULL, stored_ms INTEGER NOT NULL, PRIMARY KEY (instrument, point))",
     ],
 ]
