@@ -270,12 +270,12 @@ class Gateway:
         while True:
             await asyncio.sleep(INBOX_INTERVAL_S)
             now = self.clock.wall_ms()
-            corrections, ingested = inbox.collect(store, now)
-            if corrections:
+            got = inbox.collect(store, now)
+            if got.records:
+                # The files' hashes go in the same transaction as their records: stored exactly once.
                 created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message,
-                                       derived=corrections)
-                for path in ingested:
-                    path.unlink(missing_ok=True)  # only once its record is committed
+                                       derived=got.records, ingested=got.hashes)
+                inbox.remove(got.files)  # only once its record is committed; a failure is logged, not raised
                 if created:
                     forwarder.notify()
 

@@ -1,7 +1,8 @@
-"""`carbon-gateway`: validate, run, simulate, watch, rules evaluate.
+"""`carbon-gateway`: validate, run, simulate, watch, correct, store, rules evaluate.
 
-Exit codes: 0 ok, 1 runtime failure, 2 configuration error, 3 broker refused us,
-4 the store failed (cannot be opened, corrupt, or a commit failed, e.g. disk full): nothing can be kept.
+Exit codes: 0 ok, 1 runtime failure (and `store check` found damage), 2 configuration or usage error (also a
+refused correction), 3 broker refused us, 4 the store failed (cannot be opened, corrupt, or a commit failed,
+e.g. disk full): nothing can be kept.
 Errors are printed as one line each, never as a traceback.
 """
 
@@ -66,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--value", required=True, type=float, help="corrected value, in the point's reporting unit")
     c.add_argument("--reason", required=True)
     c.add_argument("--author", required=True)
+    c.add_argument("--force", action="store_true",
+                   help="accept a value outside the point's measuring range (recorded as forced)")
+
+    so = sub.add_parser("store", help="store integrity: check, recover into a new store, online backup")
+    osub = so.add_subparsers(dest="store_command", required=True)
+    for name, text in (("check", "full integrity check (exit 0 ok, 1 damaged): one line per problem"),
+                       ("recover", "copy every readable row into a new store (with a new epoch)"),
+                       ("backup", "consistent copy while the gateway runs (with a new epoch)")):
+        sp = osub.add_parser(name, help=text)
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--config", type=Path, default=Path("config"),
+                           help="configuration directory whose store.path is used (default: config)")
+        where.add_argument("--store", type=Path, help="the store file (default: store.path of the config)")
+        if name == "recover":
+            sp.add_argument("--to", type=Path, required=True, metavar="NEW_PATH", help="the new store (must not exist)")
+        if name == "backup":
+            sp.add_argument("target", type=Path, metavar="PATH", help="the backup file (must not exist)")
 
     sc = sub.add_parser("schema", help="print the JSON Schema of a configuration file kind")
     sc.add_argument("kind", choices=["gateway", "instruments", "profile"])
@@ -149,9 +167,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _load(args.config)
         path = submit(cfg, args.store or cfg.settings.store.path, instrument=args.instrument, point=args.point,
-                      at=args.at, value=args.value, reason=args.reason, author=args.author)
+                      at=args.at, value=args.value, reason=args.reason, author=args.author, force=args.force)
         print(f"correction queued: {path} (the running gateway stores and publishes it)")
         return EXIT_OK
+    if args.command == "store":
+        return _store_command(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 
@@ -182,6 +202,34 @@ def _check_url_arg(url: str) -> None:
         check_mqtt_url(url)
     except ValueError as err:
         raise ConfigError(str(err), file="--mqtt-url") from None
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    from gateway import store_check
+
+    path: Path = args.store if args.store is not None else _load(args.config).settings.store.path
+    if args.store_command == "check":
+        problems = store_check.check(path)
+        for line in problems:
+            print(f"{path}: {line}", file=sys.stderr)
+        if problems:
+            print(f"{path}: damaged ({len(problems)} problems); `carbon-gateway store recover --store {path} "
+                  f"--to NEW.db` copies every readable row into a new store", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(f"{path}: ok")
+        return EXIT_OK
+    if args.store_command == "recover":
+        report = store_check.recover(path, args.to)
+        for line in report.lines():
+            print(f"{args.to}: {line}")
+        print(f"{args.to}: recovered from {path}; stop the gateway and move it to {path} to use it "
+              f"(subscribers see the new epoch)")
+        return EXIT_OK
+    if args.store_command == "backup":
+        epoch = store_check.backup(path, args.target)
+        print(f"{args.target}: backup of {path}, epoch {epoch} (a restored backup is a new store to subscribers)")
+        return EXIT_OK
+    raise AssertionError(args.store_command)
 
 
 def _override(cfg, *, mqtt_url: str | None, store: Path | None):

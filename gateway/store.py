@@ -170,7 +170,7 @@ class Store:
                              f"restore it from a backup, or delete it to start a new store with a new epoch")
 
     def _quick_check(self) -> None:
-        problems = check_lines(self._db.execute("PRAGMA quick_check(20)").fetchall())
+        problems = run_check(self._db, "quick_check", 20)
         if problems:
             more = "+" if len(problems) >= 20 else ""
             raise StoreError(f"{self.path}: the store is corrupt ({len(problems)}{more} problems, first: "
@@ -214,10 +214,30 @@ class Store:
             log.info("%s: store had no epoch (made by an older version); its epoch is now %s", self.path, epoch)
         return epoch
 
+    def _seq_total(self) -> int:
+        """How many messages this store has ever numbered (the sum of every stream's last seq): it only
+        grows, so a smaller number under the same epoch means an older copy of the store came back."""
+        return self._scalar("SELECT COALESCE(SUM(last_seq), 0) FROM streams")
+
     def _remember_epoch(self) -> None:
         """Compare with the epoch last seen at this path (`<store>.epoch`) and warn loudly on a change."""
-        previous = read_epoch_marker(self.path)
-        if previous is not None and previous != self.epoch:
+        previous, seen_total = read_epoch_marker_full(self.path)
+        total = self._seq_total()
+        if previous == self.epoch and seen_total is not None and total < seen_total:
+            # The same store, but older than it was (a file copy restored): its next seqs would repeat
+            # numbers already published with other content. It becomes a new epoch.
+            old = self.epoch
+            self.epoch = uuid.uuid4().hex
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (self.epoch,))
+            except sqlite3.Error as err:
+                raise StoreError(f"{self.path}: cannot renew the store epoch: {err}") from None
+            self.previous_epoch = old
+            log.warning("%s: the store went back in time (it has numbered %d messages, %d were numbered before: "
+                        "an older copy was restored); it is now epoch %s (was %s), so subscribers that "
+                        "deduplicate by (instrument, epoch, seq) keep the new data", self.path, total, seen_total,
+                        self.epoch, old)
+        elif previous is not None and previous != self.epoch:
             self.previous_epoch = previous
             log.warning("%s: the store was replaced or reset: epoch %s was here before, this store is epoch %s "
                         "(%s); seq numbers start again in this epoch, so subscribers must deduplicate by "
@@ -225,16 +245,18 @@ class Store:
                         "a new empty store" if self.created else "another store file")
         elif self.created:
             log.info("%s: created a new store, epoch %s", self.path, self.epoch)
-        if previous != self.epoch:
-            try:
-                write_epoch_marker(self.path, self.epoch)
-            except OSError as err:
-                raise StoreError(f"{epoch_marker_path(self.path)}: cannot record the store epoch: "
-                                 f"{err.strerror}") from None
+        try:
+            write_epoch_marker(self.path, self.epoch, total)
+        except OSError as err:
+            raise StoreError(f"{epoch_marker_path(self.path)}: cannot record the store epoch: "
+                             f"{err.strerror}") from None
 
     def close(self) -> None:
         try:
             if getattr(self, "_db", None) is not None:
+                if self.epoch:
+                    with contextlib.suppress(sqlite3.Error, OSError):
+                        write_epoch_marker(self.path, self.epoch, self._seq_total())  # the high-water mark
                 self._db.close()
                 self._db = None  # type: ignore[assignment]
             if getattr(self, "_engine", None) is not None:
@@ -593,15 +615,22 @@ def epoch_marker_path(store_path: Path) -> Path:
 
 def read_epoch_marker(store_path: Path) -> str | None:
     """The epoch last seen at this store path, or None if there is no (readable) marker."""
+    return read_epoch_marker_full(store_path)[0]
+
+
+def read_epoch_marker_full(store_path: Path) -> tuple[str | None, int | None]:
+    """(epoch, messages numbered when last seen) from the marker `<store>.epoch`; Nones where unreadable."""
     try:
-        text = epoch_marker_path(store_path).read_text(encoding="ascii").strip()
+        lines = epoch_marker_path(store_path).read_text(encoding="utf-8").split()
     except (OSError, UnicodeDecodeError):
-        return None
-    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+        return None, None
+    epoch = lines[0] if lines and len(lines[0]) == 32 and all(c in "0123456789abcdef" for c in lines[0]) else None
+    total = int(lines[1]) if epoch and len(lines) > 1 and lines[1].isdigit() else None
+    return epoch, total
 
 
-def write_epoch_marker(store_path: Path, epoch: str) -> None:
-    atomic_write(epoch_marker_path(store_path), (epoch + "\n").encode("ascii"), mode=0o644)
+def write_epoch_marker(store_path: Path, epoch: str, total: int) -> None:
+    atomic_write(epoch_marker_path(store_path), f"{epoch}\n{total}\n".encode(), mode=0o644)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -661,6 +690,27 @@ def check_lines(rows: Iterable[tuple[Any, ...]]) -> list[str]:
     """The problems reported by PRAGMA quick_check/integrity_check, one per line ([] when it says ok)."""
     lines = [line.strip() for (text,) in rows for line in str(text).splitlines()]
     return [line for line in lines if line and line != "ok" and not line.startswith("*** in database")]
+
+
+def run_check(db: sqlite3.Connection, pragma: str, limit: int) -> list[str]:
+    """PRAGMA quick_check/integrity_check, one problem per line ([] when sound).
+
+    SQLite reports a badly damaged b-tree and then fails the statement itself when fewer than `limit`
+    problems were found, which loses the report in Python's cursor; smaller limits get the report."""
+    last: sqlite3.DatabaseError | None = None
+    for n in (limit, 20, 10, 5, 2, 1):
+        if n > limit:
+            continue
+        try:
+            problems = check_lines(db.execute(f"PRAGMA {pragma}({n})").fetchall())
+        except sqlite3.DatabaseError as err:
+            last = err
+            continue
+        if last is not None:
+            problems.append(f"the check stopped early: {last}")
+        return problems
+    assert last is not None
+    return [str(last)]
 
 
 def recover_advice(path: Path) -> str:

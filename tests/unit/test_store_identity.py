@@ -174,3 +174,31 @@ def test_reading_pending_messages_over_a_garbage_page_raises_store_error(tmp_pat
             store.pending(limit=100_000)
     finally:
         store.close()
+
+
+def test_an_older_copy_of_the_same_store_put_back_gets_a_new_epoch(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A restored file copy would reuse seqs already published with other content: it becomes a new epoch."""
+    path, copy = tmp_path / "s.db", tmp_path / "copy.db"
+    store = Store(path)
+    old = store.epoch
+    store.commit([reading("A", i) for i in range(3)], now_ms=1, per_message=1)
+    store.close()
+    copy.write_bytes(path.read_bytes())  # a cold copy, then the store goes on
+    store = Store(path)
+    store.commit([reading("A", i) for i in range(2)], now_ms=2, per_message=1)
+    store.close()
+    os.replace(copy, path)
+    with caplog.at_level(logging.WARNING, logger="gateway.store"):
+        store = Store(path)
+    assert store.epoch != old
+    assert store.previous_epoch == old
+    assert [m.seq for m in store.pending(limit=10)] == [1, 2, 3]  # the data is kept, under a new epoch
+    store.close()
+    assert "went back in time" in caplog.text
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0] == store.epoch
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.store"):
+        Store(path).close()
+    assert not caplog.records

@@ -1,0 +1,264 @@
+"""`carbon-gateway store check|recover|backup`: the full integrity check, salvage of a damaged store into a
+new one, and an online backup.
+
+All three read the store without its lock, through a read-only SQLite connection, so `check` and
+`backup` work while the gateway runs (WAL readers never block the writer). A recovered store and a backup
+get a NEW epoch: put in place of the live store, they are visible to subscribers as another store (its
+seqs may repeat numbers the old store already used), never silently mistaken for the old one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import StoreError
+from gateway.store import Store, check_lines, run_check
+
+# Tables copied by `recover`, parents first. `meta` is merged by key (the new store keeps its own epoch and
+# schema version).
+TABLES = ("readings", "records", "messages", "pending", "streams", "ingested")
+MAX_POINT_LOOKUPS = 1_000_000  # rows tried one by one across one damaged region at most
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a store")
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as err:
+        raise StoreError(f"{path}: cannot open the store: {err}") from None
+
+
+def check(path: Path) -> list[str]:
+    """PRAGMA integrity_check (every page, every index) plus the store's own invariants: one line per problem,
+    [] when the store is sound."""
+    if path.exists() and path.is_file() and path.stat().st_size == 0:
+        return ["the store file is empty (0 bytes): truncated or lost"]
+    db = _open_ro(path)
+    try:
+        try:
+            problems = run_check(db, "integrity_check", 100)
+        except sqlite3.DatabaseError as err:
+            return [str(err)]
+        if problems:
+            return problems
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "meta" not in tables:
+                return ["not a carbon-gateway store (no meta table)"]
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if "epoch" not in meta and int(meta.get("schema_version", "0")) >= 3:
+                problems.append("meta: no epoch")
+            if {"pending", "messages"} <= tables:
+                (dangling,) = db.execute("SELECT COUNT(*) FROM pending WHERE message_id NOT IN "
+                                         "(SELECT id FROM messages)").fetchone()
+                if dangling:
+                    problems.append(f"pending: {dangling} entries name no message")
+        except sqlite3.DatabaseError as err:
+            problems.append(str(err))
+        return problems
+    finally:
+        db.close()
+
+
+@dataclass
+class TableReport:
+    copied: int = 0
+    damaged_regions: int = 0
+    unreadable_rows: int = 0  # rows (or ids) that failed one by one inside damaged regions
+    refused: int = 0  # read but not valid for the new store (e.g. a NULL where one is not allowed)
+
+
+@dataclass
+class RecoverReport:
+    source_epoch: str | None
+    epoch: str
+    tables: dict[str, TableReport] = field(default_factory=dict)
+    dangling_pending: int = 0
+    unreadable_schema: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"new store epoch {self.epoch} (was {self.source_epoch or 'unknown'})"]
+        for name, t in self.tables.items():
+            line = f"{name}: {t.copied} rows copied"
+            if t.damaged_regions:
+                line += f", {t.damaged_regions} damaged region(s) skipped ({t.unreadable_rows} rows unreadable)"
+            if t.refused:
+                line += f", {t.refused} damaged rows refused"
+            out.append(line)
+        if self.dangling_pending:
+            out.append(f"pending: {self.dangling_pending} entries dropped (their message was lost)")
+        return out
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in db.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+def _rows(src: sqlite3.Connection, table: str, cols: list[str], report: TableReport) -> Iterator[tuple[object, ...]]:
+    """Every readable row of a table in rowid order: a plain scan while it works; across a damaged region,
+    probe forward (doubling steps) for a rowid from which the scan works again and try the rows in between
+    one by one, so only the rows on bad pages are lost."""
+    select = ", ".join(cols)
+    pos = -(2**63)  # the scan continues after this rowid
+    tried_to = 0  # rowids below this were already tried one by one
+    prev_pos, step = None, 1
+    while True:
+        try:
+            for row in src.execute(f"SELECT rowid, {select} FROM {table} WHERE rowid > ? ORDER BY rowid", (pos,)):
+                pos = row[0]
+                yield row[1:]
+            return
+        except sqlite3.DatabaseError:
+            report.damaged_regions += pos != prev_pos
+        step = step * 2 if pos == prev_pos else 1  # failed again at the same place: jump further
+        prev_pos = pos
+        base = max(pos, 0)  # the gateway's rowids are positive
+        while True:
+            if step >= 2**62:
+                return  # nothing readable after the damage
+            probe = base + step
+            try:
+                found = src.execute(f"SELECT rowid FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT 1",
+                                    (probe,)).fetchone()
+                break
+            except sqlite3.DatabaseError:
+                step *= 2
+        for rowid in range(max(base + 1, tried_to, probe - MAX_POINT_LOOKUPS), probe):
+            try:
+                row = src.execute(f"SELECT {select} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+            except sqlite3.DatabaseError:
+                report.unreadable_rows += 1
+                continue
+            if row is not None:
+                yield row
+        tried_to = max(tried_to, probe)
+        if found is None:
+            return
+        pos = probe - 1
+
+
+def recover(source: Path, target: Path) -> RecoverReport:
+    """Copy every readable row of `source` into a new store at `target` (which must not exist)."""
+    if target.exists():
+        raise StoreError(f"{target}: already exists; recover writes a new store, give a new path")
+    if target.resolve() == source.resolve():
+        raise StoreError(f"{target}: is the damaged store itself; give a new path")
+    src = _open_ro(source)
+    try:
+        try:
+            src_tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as err:
+            hint = " (the sqlite3 shell's `.recover` may still salvage pages)" if shutil.which("sqlite3") else ""
+            raise StoreError(f"{source}: the store's schema itself is unreadable ({err}); nothing can be copied "
+                             f"row by row{hint}") from None
+        source_epoch = None
+        old_meta: list[tuple[object, ...]] = []
+        if "meta" in src_tables:
+            meta_report = TableReport()
+            old_meta = list(_rows(src, "meta", ["key", "value"], meta_report))
+            source_epoch = next((str(v) for k, v in old_meta if k == "epoch"), None)
+        new = Store(target, synchronous="normal")
+        report = RecoverReport(source_epoch=source_epoch, epoch=new.epoch)
+        new.close()
+        dst = sqlite3.connect(target, isolation_level=None)
+        try:
+            dst.execute("PRAGMA synchronous=NORMAL")
+            dst.execute("BEGIN")
+            for table in TABLES:
+                t = report.tables[table] = TableReport()
+                if table not in src_tables:
+                    continue
+                cols = [c for c in _columns(src, table) if c in set(_columns(dst, table))]
+                marks = ", ".join("?" for _ in cols)
+                insert = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({marks})"
+                for row in _rows(src, table, cols, t):
+                    if dst.execute(insert, row).rowcount == 1:
+                        t.copied += 1
+                    else:
+                        t.refused += 1
+            for key, value in old_meta:
+                if key not in ("epoch", "schema_version") and isinstance(key, str):
+                    dst.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+            dst.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('recovered_from', ?)",
+                        (f"{source} epoch {source_epoch or 'unknown'} at {int(time.time() * 1000)}",))
+            # A lost message row leaves its pending entry naming nothing; a lost streams row must not
+            # let a seq be used twice.
+            report.dangling_pending = dst.execute(
+                "DELETE FROM pending WHERE message_id NOT IN (SELECT id FROM messages)").rowcount
+            dst.execute("INSERT INTO streams (stream, last_seq) SELECT stream, MAX(seq) FROM messages WHERE true "
+                        "GROUP BY stream ON CONFLICT(stream) DO UPDATE SET "
+                        "last_seq = MAX(last_seq, excluded.last_seq)")
+            dst.execute("COMMIT")
+            dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except BaseException:
+            if dst.in_transaction:
+                dst.execute("ROLLBACK")
+            raise
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    problems = check(target)
+    if problems:
+        raise StoreError(f"{target}: the recovered store fails its own check: {problems[0]}")
+    return report
+
+
+def backup(source: Path, target: Path) -> str:
+    """An online, consistent copy of `source` at `target` (SQLite backup API), given a new epoch. Returns it."""
+    if target.exists():
+        raise StoreError(f"{target}: already exists; give a new path")
+    src = _open_ro(source)
+    tmp = target.with_name(target.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        dst = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            src.backup(dst, pages=1024, sleep=0.005)  # in steps: the running gateway keeps committing
+            problems = check_lines(dst.execute("PRAGMA quick_check").fetchall())
+            if problems:
+                raise StoreError(f"{source}: the backup copy fails its check ({problems[0]}); run "
+                                 f"`carbon-gateway store check --store {source}`")
+        finally:
+            dst.close()
+    except sqlite3.Error as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"{source}: backup failed: {err}") from None
+    finally:
+        src.close()
+    old_epoch = _epoch_of(tmp)
+    epoch = _renew_epoch(tmp, copied_from=old_epoch)
+    tmp.rename(target)
+    return epoch
+
+
+def _epoch_of(path: Path) -> str | None:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _renew_epoch(path: Path, *, copied_from: str | None) -> str:
+    import uuid
+
+    epoch = uuid.uuid4().hex
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('copied_from', ?)",
+                   (f"epoch {copied_from or 'unknown'} at {int(time.time() * 1000)}",))
+        db.execute("COMMIT")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return epoch

@@ -1,0 +1,123 @@
+"""`carbon-gateway store check|recover|backup` and a damaged store at `run`: real processes, one line, exit code."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.store import Store, read_epoch_marker
+from tests.helpers import three_meters, write_config
+from tests.unit.test_store_identity import reading, store_with_data, write_garbage_in_the_middle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd or ROOT)
+
+
+def count(path: Path, table: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def epoch_of(path: Path) -> str:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return str(db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+
+
+def test_run_refuses_a_store_with_garbage_in_the_middle_with_one_line(tmp_path: Path,
+                                                                      ports: tuple[int, int, int]) -> None:
+    """Observation 4: a store with 64 KB of garbage in the middle used to start and run."""
+    db = tmp_path / "gw.db"
+    store_with_data(db)
+    write_garbage_in_the_middle(db)
+    cfg = write_config(tmp_path / "cfg", three_meters(ports), store=db)
+    before = db.read_bytes()
+    out = cli("run", "--config", str(cfg), "--duration", "5")
+    assert out.returncode == 4  # the store failed: nothing can be kept
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"error: {db}: the store is corrupt")
+    assert f"carbon-gateway store recover --store {db} --to NEW.db" in line
+    assert db.read_bytes() == before  # refused, not touched
+
+
+def test_run_refuses_a_zero_length_store_with_one_line(tmp_path: Path, ports: tuple[int, int, int]) -> None:
+    """Observation 8: a zero-length store file used to become a fresh store, every seq back at 1, no warning."""
+    db = tmp_path / "gw.db"
+    store = Store(db)
+    epoch = store.epoch
+    store.commit([reading("PM-01", i) for i in range(3)], now_ms=1, per_message=1)
+    store.close()
+    db.write_bytes(b"")
+    cfg = write_config(tmp_path / "cfg", three_meters(ports), store=db)
+    out = cli("run", "--config", str(cfg), "--duration", "5")
+    assert out.returncode == 4
+    (line,) = out.stderr.splitlines()
+    assert f"{db}: the store file is empty (0 bytes) (it held epoch {epoch})" in line
+    assert db.stat().st_size == 0
+
+
+def test_store_check_ok_and_damaged(tmp_path: Path, ports: tuple[int, int, int]) -> None:
+    db = tmp_path / "gw.db"
+    store_with_data(db, n=6_000)
+    cfg = write_config(tmp_path / "cfg", three_meters(ports), store=db)
+    out = cli("store", "check", "--config", str(cfg))  # the store found from the configuration
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"{db}: ok\n", "")
+    write_garbage_in_the_middle(db, size=16 * 1024)
+    out = cli("store", "check", "--store", str(db))
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert len(lines) >= 2
+    assert all(line.startswith(f"{db}: ") for line in lines)
+    assert "Traceback" not in out.stderr
+    assert lines[-1].startswith(f"{db}: damaged (")
+    out = cli("store", "check", "--store", str(tmp_path / "missing.db"))
+    assert out.returncode == 4
+    assert out.stderr == f"error: {tmp_path / 'missing.db'}: no such store\n"
+
+
+def test_store_recover_copies_every_readable_row_into_a_new_store_with_a_new_epoch(tmp_path: Path) -> None:
+    db, new = tmp_path / "gw.db", tmp_path / "new.db"
+    store_with_data(db)
+    old_epoch = epoch_of(db)
+    write_garbage_in_the_middle(db)
+    out = cli("store", "recover", "--store", str(db), "--to", str(new))
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    new_epoch = epoch_of(new)
+    assert new_epoch != old_epoch
+    assert f"new store epoch {new_epoch} (was {old_epoch})" in out.stdout
+    readings = count(new, "readings")
+    assert 20_000 - 16 * 200 < readings < 20_000  # 64 KB is 16 pages: only the rows on them are lost
+    assert f"readings: {readings} rows copied, 1 damaged region(s) skipped" in out.stdout
+    assert cli("store", "check", "--store", str(new)).returncode == 0
+    # The recovered store is a working store: it opens, continues every seq, and drains what was pending.
+    store = Store(new)
+    pending = store.pending(limit=100_000)
+    assert pending
+    last_seq = max(m.seq for m in pending)
+    store.commit([reading("A", 1)], now_ms=2, per_message=1)
+    assert max(m.seq for m in store.pending(limit=100_000)) == last_seq + 1
+    store.close()
+    assert read_epoch_marker(new) == new_epoch
+    # It refuses to overwrite anything.
+    again = cli("store", "recover", "--store", str(db), "--to", str(new))
+    assert again.returncode == 4
+    assert again.stderr == f"error: {new}: already exists; recover writes a new store, give a new path\n"
+
+
+def test_store_backup_is_a_consistent_copy_with_a_new_epoch_while_the_store_is_open(tmp_path: Path) -> None:
+    db, copy = tmp_path / "gw.db", tmp_path / "backup.db"
+    store = Store(db)
+    store.commit([reading("A", i) for i in range(500)], now_ms=1, per_message=10)
+    out = cli("store", "backup", "--store", str(db), str(copy))  # the gateway holds the store meanwhile
+    assert out.returncode == 0, out.stderr
+    store.close()
+    assert count(copy, "readings") == 500
+    assert epoch_of(copy) != epoch_of(db)
+    assert f"{copy}: backup of {db}, epoch {epoch_of(copy)}" in out.stdout
+    assert cli("store", "check", "--store", str(copy)).returncode == 0
