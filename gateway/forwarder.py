@@ -162,6 +162,8 @@ class Forwarder:
         self._wake.set()
 
     def transport_died(self, err: BaseException) -> None:
+        if self._state == "offline" and self._restart_at is not None:
+            return  # this death is already being handled (noticed by _check before its report arrived)
         self.stats.connected = False
         self.stats.transport_restarts += 1
         self._transport_lost()
@@ -232,8 +234,7 @@ class Forwarder:
             self.transport_died(RuntimeError("stopped without a report"))
         if self._state == "offline" and self._restart_at is not None and now >= self._restart_at:
             self._restart_at = None
-            self.transport.restart()
-            self._set_state("connecting")
+            self.transport.restart()  # still `offline` until it connects: a thread that dies again is no news
         if self._state == "connecting" and now - self._state_since >= s.connack_timeout_s:
             self._problem(f"{self.where}: no CONNACK within {s.connack_timeout_s:g} s "
                           "(the broker does not answer); readings stay in the store; retrying")

@@ -42,6 +42,12 @@ class PrivateBroker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        """The mosquitto process (tests stop and continue it with SIGSTOP/SIGCONT: a broker that hangs)."""
+        assert self._proc is not None, "broker not started"
+        return self._proc.pid
+
+    @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
