@@ -309,6 +309,10 @@ class Gateway:
             removed = store.prune_delivered(older_than_ms=cutoff)
             if removed:
                 log.info("pruned %d delivered readings older than %.1f days", removed, st.retention_days)
+            if st.max_size_mb is not None:
+                removed = store.prune_to_size(int(st.max_size_mb * 1024 * 1024))
+                if removed:
+                    log.info("pruned %d delivered readings to keep the store under %.0f MB", removed, st.max_size_mb)
             stats = store.stats()
             if stats.size_bytes > st.size_alarm_mb * 1024 * 1024:
                 log.error("store %s is %.0f MB (alarm at %.0f MB); undelivered data is kept",

@@ -214,6 +214,9 @@ class StoreSettings(Strict):
     retention_days: float = Field(default=30.0, gt=0)  # delivered data only; undelivered is never pruned
     prune_interval_s: float = Field(default=600.0, gt=0)
     size_alarm_mb: float = Field(default=2048.0, gt=0)
+    # Retention by size: delivered readings are pruned oldest first to keep the store's used size
+    # under this (undelivered data never); None = by age only.
+    max_size_mb: float | None = Field(default=None, gt=0)
 
 
 class OutputSettings(Strict):

@@ -605,6 +605,44 @@ class Store:
             raise StoreError(f"{self.path}: prune failed: {err}") from err
         return cur.rowcount
 
+    @_guarded("measuring the store")
+    def used_bytes(self) -> int:
+        """Bytes of the store file in use (free pages, which new rows reuse, not counted)."""
+        page_size = self._scalar("PRAGMA page_size")
+        return (self._scalar("PRAGMA page_count") - self._scalar("PRAGMA freelist_count")) * page_size
+
+    @_guarded("pruning delivered data by size")
+    def prune_to_size(self, max_bytes: int, *, chunk: int = 200_000) -> int:
+        """Delete the oldest delivered readings until the store uses at most 90 % of `max_bytes`.
+
+        SQLite reuses the freed pages, so the file stops growing near `max_bytes` (it does not
+        shrink). Undelivered data is never deleted: a backlog larger than `max_bytes` stays whole
+        (the size alarm says so). Derived records (aggregates, substitutes) are kept: retention by
+        age governs them. Returns the number of readings deleted."""
+        target = int(max_bytes * 0.9)
+        removed = 0
+        db = self._db
+        while True:
+            used = self.used_bytes()
+            if used <= max_bytes if removed == 0 else used <= target:
+                return removed
+            lo = db.execute("SELECT MIN(id) FROM readings").fetchone()[0]
+            first_pending = db.execute(
+                "SELECT MIN(m.first_id) FROM pending p JOIN messages m ON m.id = p.message_id "
+                "WHERE m.kind = 'readings'").fetchone()[0]
+            bound = first_pending if first_pending is not None else self._next_reading_id
+            if lo is None or lo >= bound:
+                return removed  # nothing delivered left to delete
+            per_reading = used / max(1, self._next_reading_id - lo)
+            n = min(bound - lo, chunk, int((used - target) / per_reading) + 1)
+            cut = lo + n
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute("DELETE FROM readings WHERE id < ?", (cut,))
+            db.execute("DELETE FROM messages WHERE kind = 'readings' AND last_id < ? AND id NOT IN "
+                       "(SELECT message_id FROM pending)", (cut,))
+            db.execute("COMMIT")
+            removed += cur.rowcount
+
 
 # -- identity and integrity helpers (also used by `carbon-gateway store ...`) -----------------------
 

@@ -113,3 +113,43 @@ def test_mark_backlog_on_reconnect_keeps_order_and_loses_nothing(tmp_path: Path)
     store.flush()
     assert pending_ids(tmp_path / "s.db") == []
     store.close()
+
+
+def test_retention_by_size_prunes_delivered_only_and_the_file_stops_growing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path, synchronous="normal")
+    for k in range(10):
+        store.commit([reading("A", i) for i in range(k * 2_000, (k + 1) * 2_000)], now_ms=1, per_message=100)
+    delivered = store.begin(150)  # 150 of the 200 messages delivered, the newest 50 still pending
+    store.ack([o.id for o in delivered])
+    store.flush()
+    used = store.used_bytes()
+    limit = used // 2
+    removed = store.prune_to_size(limit)
+    assert removed > 0
+    assert store.used_bytes() <= limit
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MIN(id) FROM readings").fetchone()[0] == removed + 1  # oldest first
+    assert len(pending_ids(path)) == 50
+    assert store.stats().pending_messages == 50
+    def file_pages() -> int:  # the database's size in pages, WAL included
+        with sqlite3.connect(path) as db:
+            return int(db.execute("PRAGMA page_count").fetchone()[0])
+
+    pages = file_pages()
+    for _ in range(5):  # new data reuses the freed pages: the file does not grow past the limit much
+        store.commit([reading("A", i) for i in range(2_000)], now_ms=2, per_message=100)
+        store.ack([o.id for o in store.begin(1_000)])
+        store.flush()
+        store.prune_to_size(limit)
+    assert store.used_bytes() <= limit
+    assert file_pages() <= pages
+    store.close()
+
+
+def test_retention_by_size_never_deletes_undelivered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", synchronous="normal")
+    store.commit([reading("A", i) for i in range(5_000)], now_ms=1, per_message=100)
+    assert store.prune_to_size(1) == 0  # all of it is undelivered: kept, however small the limit
+    assert store.stats().pending_messages == 50
+    store.close()
