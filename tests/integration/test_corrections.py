@@ -13,7 +13,9 @@ from jsonschema import Draft202012Validator
 
 from gateway.app import Gateway
 from gateway.cli import main
+from gateway.corrections import inbox_for, quarantine_for
 from gateway.registry import load_config
+from gateway.store import Store
 from simulators.broker import PrivateBroker
 from simulators.runner import build_servers
 from tests.helpers import Recorder, three_meters, write_config
@@ -80,3 +82,47 @@ def test_correction_of_unknown_point_is_refused(tmp_path: Path, ports: tuple[int
                "2026-11-24T08:00:00", "--value", "1", "--reason", "x", "--author", "y"])
     assert rc == 2
     assert "has no time zone" in capsys.readouterr().err
+
+
+async def test_a_nan_or_broken_inbox_file_never_stops_the_running_gateway(
+        tmp_path: Path, ports: tuple[int, int, int], broker: PrivateBroker, recorder: Recorder) -> None:
+    """Observation 1, run side: an inbox file with NaN (as the old `correct` wrote it) killed the gateway on
+    every start. Now it is quarantined with one line and the gateway goes on storing and publishing."""
+    db = tmp_path / "gw.db"
+    cfg_dir = write_config(tmp_path / "cfg", three_meters(ports), url=broker.url, store=db)
+    Store(db).close()
+    inbox = inbox_for(db)
+    inbox.mkdir()
+    body = {"instrument": "FT-01", "point": "volume_flow", "ts": 1, "value": float("nan"), "unit": "m3/h",
+            "reason": "r", "author": "a", "created": 1, "id": "nan"}
+    (inbox / "1-nan.json").write_text(json.dumps(body))  # json.dumps writes NaN
+    (inbox / "2-garbage.json").write_bytes(bytes(range(256)))
+    cfg = load_config(cfg_dir)
+    servers = build_servers(cfg)
+    for srv, _ in servers.values():
+        await srv.start()
+    run = asyncio.create_task(Gateway(cfg).run())
+    quarantine = quarantine_for(inbox)
+    try:
+        for _ in range(300):
+            await asyncio.sleep(0.05)
+            if quarantine.is_dir() and len(list(quarantine.iterdir())) == 2 and len(recorder.readings()) > 6:
+                break
+        n = len(recorder.readings())
+        for _ in range(100):  # still polling, storing and publishing afterwards
+            await asyncio.sleep(0.05)
+            if len(recorder.readings()) > n + 3:
+                break
+        assert not run.done()
+        statuses = [s for s in recorder.by_topic_suffix("/status") if "components" in s]
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        for srv, _ in servers.values():
+            await srv.stop()
+    assert sorted(p.name for p in quarantine.iterdir()) == ["1-nan.json", "2-garbage.json"]
+    assert len(recorder.readings()) > n + 3
+    assert statuses
+    assert all(s["components"].get("inbox", {}).get("state") != "failed" for s in statuses)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM records WHERE kind = 'corrections'").fetchone()[0] == 0
