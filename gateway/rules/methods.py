@@ -250,6 +250,8 @@ class HourBeforeAfterParams(PotentialParams):
 
 
 class PercentileLookbackParams(LookbackParams):
+    """Nearest-rank percentile of Lookback(W), optionally floored by HB/HA (missing-data.md §2.2, design-choice)."""
+
     selector: Literal["percentile_lookback"]
     percentile: Percentile = Field(description="p for direction high; low uses 100 - p")
     floor_hbha: Flag = Field(default=False, description="floor (high) or cap (low) by HB/HA")
@@ -261,19 +263,27 @@ class PercentileLookbackParams(LookbackParams):
 
 
 class MaxLookbackParams(LookbackParams):
+    """Maximum of Lookback(W): the high-direction routine (missing-data.md §2.2)."""
+
     selector: Literal["max_lookback"]
 
 
 class MinLookbackParams(LookbackParams):
+    """Minimum of Lookback(W): the low-direction routine (missing-data.md §2.2)."""
+
     selector: Literal["min_lookback"]
 
 
 class LastGoodParams(CommonParams):
+    """HB, the last good value: not conservative, so final only where the plan approves it (§98.35(b)(1))."""
+
     selector: Literal["last_good"]
     plan_approved: Flag = Field(default=False, description="must be true: last_good is not conservative")
 
 
 class FixedDefaultParams(CommonParams):
+    """The configured conservative default (value and provenance in configuration)."""
+
     selector: Literal["fixed_conservative_default"]
     default_value: Number = Field(description="the value substituted (value and provenance in configuration)")
 
@@ -302,7 +312,6 @@ class Method(Generic[P]):
     params: type[P]
     direction: DirectionRule
     select: Callable[[GapContext, P, HourValue, int], Outcome]
-    citation: str
     check: Callable[[P, Direction | None], list[str]] = field(default=lambda _p, _d: [])
     default_needed_for: str | None = None
     potential_needed_for: Callable[[P], str | None] = field(default=lambda _p: None)
@@ -330,30 +339,30 @@ def _last_good_check(p: LastGoodParams, _direction: Direction | None) -> list[st
 _EMPTY_LOOKBACK = "an empty lookback"
 
 PART75 = Method("part75_tiered", Part75Params, DirectionRule.REQUIRED, selectors.part75,
-                "40 CFR 75.31-75.37", check=_part75_check,
+                check=_part75_check,
                 potential_needed_for=lambda _p: "part75_tiered (PMA < 80 % or no prior QA data, §75.31(b)(2), "
                                                 "§75.33(b)(4))")
-HJ75 = Method("hj75_tiered", Hj75Params, DirectionRule.REQUIRED, selectors.hj75, "HJ 75-2017",
+HJ75 = Method("hj75_tiered", Hj75Params, DirectionRule.REQUIRED, selectors.hj75,
               default_needed_for="alpha < 75 % (below_75_fallback) or an empty lookback")
 MEAN_PLUS_2SIGMA = Method("mean_plus_2sigma", MeanPlus2SigmaParams, DirectionRule.REQUIRED,
-                          selectors.mean_plus_2sigma_hour, "Reg. (EU) 2018/2066 Art. 45(3)",
+                          selectors.mean_plus_2sigma_hour,
                           default_needed_for="fewer than 2 valid hours in the reference period")
 HOUR_BEFORE_AFTER = Method("hour_before_after", HourBeforeAfterParams, DirectionRule.OPTIONAL,
-                           selectors.hour_before_after, "40 CFR 98.35(b)(1)", check=_hbha_check,
+                           selectors.hour_before_after, check=_hbha_check,
                            default_needed_for="no value before or after the gap",
                            potential_needed_for=lambda p: ("no_before_fallback potential"
                                                            if p.no_before_fallback == "potential" else None))
 PERCENTILE_LOOKBACK = Method("percentile_lookback", PercentileLookbackParams, DirectionRule.REQUIRED,
-                             selectors.percentile_lookback, "missing-data.md §2.2 (design-choice)",
+                             selectors.percentile_lookback,
                              default_needed_for=_EMPTY_LOOKBACK)
 MAX_LOOKBACK = Method("max_lookback", MaxLookbackParams, DirectionRule.HIGH, selectors.extreme_lookback,
-                      "missing-data.md §2.2", default_needed_for=_EMPTY_LOOKBACK)
+                      default_needed_for=_EMPTY_LOOKBACK)
 MIN_LOOKBACK = Method("min_lookback", MinLookbackParams, DirectionRule.LOW, selectors.extreme_lookback,
-                      "missing-data.md §2.2", default_needed_for=_EMPTY_LOOKBACK)
+                      default_needed_for=_EMPTY_LOOKBACK)
 LAST_GOOD = Method("last_good", LastGoodParams, DirectionRule.OPTIONAL, selectors.last_good_hour,
-                   "missing-data.md §2.5", check=_last_good_check, default_needed_for="no value before the gap")
+                   check=_last_good_check, default_needed_for="no value before the gap")
 FIXED_DEFAULT = Method("fixed_conservative_default", FixedDefaultParams, DirectionRule.OPTIONAL,
-                       selectors.fixed_conservative_default, "configuration")
+                       selectors.fixed_conservative_default)
 
 METHODS: Mapping[str, Method[Any]] = {m.name: m for m in (
     PART75, HJ75, MEAN_PLUS_2SIGMA, HOUR_BEFORE_AFTER, PERCENTILE_LOOKBACK, MAX_LOOKBACK, MIN_LOOKBACK, LAST_GOOD,
