@@ -22,7 +22,9 @@ class ConfigError(GatewayError):
         where = self.file or "<config>"
         if self.line is not None:
             where = f"{where}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        text = f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        # One line, whatever the input held: control characters (a newline in a key) are escaped.
+        return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigErrors(GatewayError):

@@ -170,7 +170,8 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
     inst_dir = (directory / checked.instruments_dir).resolve()
     files = sorted(inst_dir.glob("*.yaml")) + sorted(inst_dir.glob("*.yml"))
     if not files:
-        errors.append(ConfigError("no instrument files (*.yaml) found", file=str(inst_dir)))
+        errors.append(ConfigError(f"no instrument files (*.yaml) in {inst_dir}", file=str(gw_file),
+                                  line=line_of(gw_tree, ("instruments_dir",)) or 1, field="instruments_dir"))
     tz = ZoneInfo(checked.gateway.timezone)
     max_bytes = checked.limits.max_config_file_bytes
     seen_ids: dict[str, str] = {}
@@ -183,7 +184,12 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
         except ConfigError as err:
             errors.append(err)
             continue
-        items = tree.get("instruments") if isinstance(tree, dict) else None
+        if not isinstance(tree, dict):
+            what = "empty" if tree is None else f"a {type(tree).__name__}"
+            errors.append(ConfigError(f"the file is {what}: it must hold a mapping with an `instruments:` list",
+                                      file=str(path), line=line_of(tree, ()) or 1, field="instruments"))
+            continue
+        items = tree.get("instruments")
         if not isinstance(items, list):
             _validate(InstrumentFile, tree, path, errors)  # reports the missing/odd `instruments` key
             continue
@@ -218,11 +224,22 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
                 seen_devices[dev_key] = inst.id
             specs.append(spec)
     if errors or settings is None:
-        raise ConfigErrors(errors or [ConfigError("cannot load settings", file=str(gw_file))])
+        raise ConfigErrors(_located(errors or [ConfigError("cannot load settings", file=str(gw_file))]))
     warnings.extend(_shared_bus_timing(specs))
     version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
     return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version,
                   warnings=tuple(w.one_line() for w in warnings))
+
+
+def _located(errors: list[ConfigError]) -> list[ConfigError]:
+    """Every line has the form file:line: field: message; an error about a whole file (unreadable, too
+    large, empty, not a mapping) is placed on its line 1."""
+    for e in errors:
+        if e.file is not None and e.line is None:
+            e.line = 1
+        if not e.field:
+            e.field = "file"
+    return errors
 
 
 def _fallback_settings(gw_tree: Any) -> Settings:

@@ -116,6 +116,14 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     return int(value, 10)
 
 
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except ValueError as err:  # 2026-02-30
+        raise yaml.constructor.ConstructorError(None, None, f"'{node.value}' is not a valid date ({err})",
+                                                node.start_mark) from None
+
+
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Any:
     data = LineDict(node.start_mark.line + 1)
     yield data
@@ -146,6 +154,7 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Any:
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
@@ -273,6 +282,11 @@ def parse_yaml(text: str, path: Path, *, max_nodes: int = MAX_EXPANDED_NODES) ->
             except RecursionError:
                 raise ConfigError("malformed YAML: nested too deeply", file=str(path), field="yaml") from None
         return loader.construct_document(node)
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, err.position) + 1
+        code = err.character if isinstance(err.character, int) else ord(str(err.character)[:1] or "\0")
+        raise ConfigError(f"malformed YAML: character #x{code:04x} is not allowed in YAML ({err.reason})",
+                          file=str(path), line=line, field="yaml") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None
