@@ -68,8 +68,8 @@ class PointModel(Strict):
     order: WordOrder | None = None
     scale: float | None = None  # finite and non-zero (a zero scale turns every reading into 0)
     offset: float | None = None
-    device_unit: str | None = None
-    unit: str | None = None
+    device_unit: str | None = Field(default=None, min_length=1)
+    unit: str | None = Field(default=None, min_length=1)
     totalizer: bool | None = None
     description: str | None = None
     expect: tuple[float, float] | None = None  # plausible range checked by `validate --live`

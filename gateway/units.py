@@ -50,6 +50,8 @@ def registry() -> pint.UnitRegistry:
 
 
 def _parse(unit: str) -> pint.Unit:
+    if not isinstance(unit, str) or not unit.strip():
+        raise UnitError(f"unknown unit {unit!r}")
     expr = _ALIASES.get(unit.strip(), unit.strip())
     try:
         return registry().Unit(expr)
