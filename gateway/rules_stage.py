@@ -86,7 +86,8 @@ class RulesStage:
                  last_readings: dict[tuple[str, str], tuple[int, int | None]] | None = None) -> None:
         self._points: dict[tuple[str, str], _Point] = {}
         self._startup: list[Derived] = []
-        self._dirty: dict[tuple[str, str], None] = {}  # points whose state changed since their last checkpoint
+        self._cycle: list[tuple[str, str]] = []  # checkpoint order (round-robin)
+        self._cursor = 0
         self._overloaded = False
         self._overload_gaps: dict[str, int] = {}  # instrument -> start of its open gateway_overload gap
         last_readings = last_readings or {}
@@ -102,6 +103,7 @@ class RulesStage:
                                             last_valid_ms=last[1] if last else None)
                 self._startup.extend(self._event(e) for e in events)
                 self._points[(inst.id, p.name)] = _Point(inst, p, p.rules, ValidityState(), state)
+                self._cycle.append((inst.id, p.name))
 
     # -- history from the store ------------------------------------------------------------------
 
@@ -148,16 +150,24 @@ class RulesStage:
             if st is None:
                 continue
             r = self._judge(st, r)
-            self._dirty[(r.instrument, r.point)] = None
             self._startup.extend(self._add_sample(st, r))
 
     def checkpoint(self, limit: int | None = None) -> dict[tuple[str, str], str]:
-        """The state of up to ``limit`` points changed since their last checkpoint (longest waiting first),
-        for ``Store.commit(..., rules_state=...)``: committed in the same transaction as the readings
-        processed so far, so a restart resumes from it and re-feeds only the readings stored after it."""
+        """The state of the next ``limit`` points (all with None), round-robin over every point, for
+        ``Store.commit(..., rules_state=...)``: committed in the same transaction as the readings processed
+        so far, so a restart resumes from it and re-feeds only the readings stored after it.
+
+        Round-robin over all points, not only the changed ones: a point that has been silent for days
+        still gets a recent high-water mark, so the start-up re-feed never scans further back than about
+        one round (``CHECKPOINT_EVERY_MS`` with ``checkpoint_limit``)."""
+        keys = self._cycle
+        if not keys:
+            return {}
+        n = len(keys) if limit is None else min(limit, len(keys))
         out: dict[tuple[str, str], str] = {}
-        for key in list(self._dirty)[:limit]:
-            del self._dirty[key]
+        for _ in range(n):
+            key = keys[self._cursor]
+            self._cursor = (self._cursor + 1) % len(keys)
             out[key] = self._dump(self._points[key])
         return out
 
@@ -219,7 +229,6 @@ class RulesStage:
         out: list[Reading] = []
         derived: list[Derived] = self._startup
         self._startup = []
-        dirty = self._dirty
         for r in readings:
             key = (r.instrument, r.point)
             st = self._points.get(key)
@@ -237,14 +246,13 @@ class RulesStage:
             st.gap, events = gaps.feed_reading(st.gap, r, st.rules.gaps)
             if events:
                 derived.extend(self._event(e) for e in events)
-            dirty[key] = None
             derived.extend(self._add_sample(st, r))
         return out, derived
 
     def tick(self, now_ms: int) -> list[Derived]:
         """Time passing without readings: open gaps, close periods that ended."""
         derived: list[Derived] = []
-        for key, st in self._points.items():
+        for st in self._points.values():
             if st.step is not None:
                 if now_ms - st.step.now_ms <= st.rules.gaps.allowed_ms:
                     continue  # readings taken before the step may still be queued
@@ -258,7 +266,6 @@ class RulesStage:
                 # A period closes once a reading could no longer belong to it (one cadence of slack).
                 while st.period_start + st.rules.period_ms + st.rules.cadence_ms <= now_ms:
                     derived.extend(self._close_period(st))
-                    self._dirty[key] = None
         return derived
 
     # -- overload and clock steps -----------------------------------------------------------------
@@ -336,7 +343,6 @@ class RulesStage:
                                     v.same_count, shift(v.same_since_ms))
         g = st.gap
         st.gap = replace(g, reference_ms=g.reference_ms + d, last_seen_ms=shift(g.last_seen_ms))
-        self._dirty[(st.instrument.id, st.spec.name)] = None
         if d < 0 or st.period_start is None:
             return []
         period = st.rules.period_ms

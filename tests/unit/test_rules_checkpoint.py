@@ -103,3 +103,12 @@ def test_checkpoint_is_committed_with_the_readings_and_refeeds_only_later_ones(s
         later = [r for _rid, r in store.readings_after(hwm)]
         assert later
         assert {r.ts_ms for r in later} == {r.ts_ms for r in batches[3]}
+
+
+def test_checkpoints_go_round_robin_over_every_point_changed_or_not(specs: list[InstrumentSpec]) -> None:
+    stage = RulesStage(specs, now_ms=T0)
+    points = stage.points()
+    assert len(points) == 2
+    seen = [next(iter(stage.checkpoint(1))) for _ in range(4)]  # nothing was fed: silent points too
+    assert seen == [*points, *points]
+    assert set(stage.checkpoint()) == set(points)

@@ -1,0 +1,115 @@
+"""Rules-stage soak: plant load fed straight into the RulesStage (no I/O), across period closes.
+
+    python -m bench.rules_soak [--meters 500] [--points 20] [--period-s 300] [--periods 2.2]
+
+Synthetic readings for METERS x POINTS points at 1 s (cems_generic points, totalizers included,
+repeated to POINTS per meter) go through `RulesStage.process` one second at a time, with a `tick`
+after each second, across at least two period closes. Prints RSS at start, peak and end, CPU µs per
+reading of the rules stage alone, and the longest single process+tick call (the close pause; the
+median call for comparison). Reading generation is not timed. To compare with an older tree, run the
+same script with that tree first on PYTHONPATH. Benchmarks print figures; they assert nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from gateway.model import Calibration, Quality, Reading
+from gateway.registry import load_config
+from gateway.rules_stage import RulesStage
+
+H = 3_600_000
+T0 = 490_000 * H  # an hour boundary
+
+GATEWAY = """\
+gateway: {id: soak, site: soak, timezone: UTC}
+mqtt: {url: "mqtt://127.0.0.1:1883", topic_prefix: carbon}
+store: {path: "/tmp/unused.db"}
+"""
+INSTRUMENT = """\
+instruments:
+  - id: M0
+    name: meter
+    kind: gas_analyzer
+    measuring_range: {min: 0, max: 25, unit: "%vol"}
+    profile: cems_generic
+    connection: {protocol: modbus_tcp, host: 127.0.0.1, port: 15999, unit_id: 1}
+    poll_interval_s: 1
+    points:
+      - {name: co2, aggregate: {period_s: PERIOD, rule: mrr}}
+      - {name: o2, aggregate: {period_s: PERIOD, rule: fraction, min_fraction: 0.75}}
+"""
+
+
+def build(meters: int, points: int, period_s: int) -> list:
+    d = Path(tempfile.mkdtemp(prefix="rules-soak-"))
+    (d / "instruments").mkdir()
+    (d / "gateway.yaml").write_text(GATEWAY)
+    (d / "instruments" / "plant.yaml").write_text(INSTRUMENT.replace("PERIOD", str(period_s)))
+    spec = load_config(d).instruments[0]
+    ruled = [p for p in spec.points if p.rules is not None]
+    with_period = [p if p.rules.period_ms == period_s * 1000 else
+                   dataclasses.replace(p, rules=dataclasses.replace(p.rules, period_ms=period_s * 1000))
+                   for p in ruled]
+    pts = [dataclasses.replace(with_period[i % len(with_period)], name=f"{with_period[i % len(with_period)].name}_{i}")
+           for i in range(points)]
+    base = dataclasses.replace(spec, points=tuple(pts)) if isinstance(spec.points, tuple) else \
+        dataclasses.replace(spec, points=pts)
+    return [dataclasses.replace(base, id=f"M{m:04d}") for m in range(meters)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meters", type=int, default=500)
+    ap.add_argument("--points", type=int, default=20)
+    ap.add_argument("--period-s", type=int, default=300)
+    ap.add_argument("--periods", type=float, default=2.2, help="how many periods to run (>= 2 for two closes)")
+    ap.add_argument("--label", default="")
+    args = ap.parse_args(argv)
+    proc = psutil.Process()
+    specs = build(args.meters, args.points, args.period_s)
+    keys = [(s.id, p.name, p.unit, p.rules.totalizer is not None) for s in specs for p in s.points]
+    stage = RulesStage(specs, now_ms=T0)
+    seconds = int(args.period_s * args.periods)
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    peak = rss0
+    calls: list[float] = []
+    cpu = 0.0
+    n = 0
+    for s in range(seconds):
+        ts = T0 + s * 1000
+        wave = (s % 97) * 0.01
+        batch = [Reading(i, p, ts, (s * 0.5 + 1000.0) if total else 10.0 + wave, u, Quality.GOOD, "",
+                         Calibration.VALID) for i, p, u, total in keys]
+        t_cpu, t_wall = time.process_time(), time.perf_counter()
+        stage.process(batch)
+        stage.tick(ts + 500)
+        calls.append(time.perf_counter() - t_wall)
+        cpu += time.process_time() - t_cpu
+        n += len(batch)
+        if s % 10 == 0:
+            peak = max(peak, proc.memory_info().rss)
+    rss1 = proc.memory_info().rss
+    peak = max(peak, rss1)
+    out = {"label": args.label, "meters": args.meters, "points": args.points, "period_s": args.period_s,
+           "seconds": seconds, "readings": n, "rss_start_mib": round(rss0 / 2**20, 1),
+           "rss_peak_mib": round(peak / 2**20, 1), "rss_end_mib": round(rss1 / 2**20, 1),
+           "us_per_reading": round(cpu / n * 1e6, 2), "longest_call_ms": round(max(calls) * 1000, 1),
+           "median_call_ms": round(statistics.median(calls) * 1000, 1)}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
