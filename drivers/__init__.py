@@ -1,4 +1,5 @@
 """Protocol drivers. They return RawSample lists and know nothing about tagging, storage or MQTT.
 
-Allowed imports from the core: gateway.model and gateway.errors only (checked by a test).
+One package per protocol, registered through its `plugin` module (docs/architecture.md). Allowed imports
+from the core: gateway.model, errors, schema_base, units and settings only (tests/unit/test_layers.py).
 """

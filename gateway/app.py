@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.modbus.client import ModbusConnection
-from drivers.modbus.tcp import tcp_connection
+from drivers.base import PollingDriver, SubscribingDriver
 from gateway import __version__
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
@@ -23,6 +22,7 @@ from gateway.instruments import InstrumentSpec
 from gateway.model import REASON_GATEWAY_FAULT, Derived, Reading
 from gateway.overload import OverloadMonitor
 from gateway.poller import ConnectionPoller, failed_samples
+from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
 from gateway.registry import Config
 from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules
@@ -40,24 +40,22 @@ SYNC_CHECK_S = 10.0  # how often the kernel clock's synchronisation state is rea
 
 
 def group_by_endpoint(specs: Sequence[InstrumentSpec]) -> dict[str, list[InstrumentSpec]]:
-    """Instruments that share an endpoint share one connection (one request at a time)."""
+    """Instruments of polling protocols that share an endpoint share one driver (one request at a time)."""
     groups: dict[str, list[InstrumentSpec]] = {}
     for s in specs:
-        if s.polled and not s.is_opcua:
-            groups.setdefault(s.connection.endpoint, []).append(s)
+        if s.polled and PROTOCOLS.named(s.protocol).kind == "polling":
+            groups.setdefault(s.connection.endpoint, []).append(s)  # type: ignore[attr-defined]
     return groups
 
 
-def make_connection(spec: InstrumentSpec, clock: Clock) -> ModbusConnection:
-    c = spec.connection
-    if c.protocol == "modbus_rtu":
-        from drivers.modbus.rtu import serial_connection
+def make_connection(spec: InstrumentSpec, clock: Clock) -> PollingDriver:
+    """The polling driver of an instrument's endpoint (shared by its group_by_endpoint group)."""
+    return PROTOCOLS.named(spec.protocol).open_polling(spec.connection, clock.wall_ms)
 
-        return serial_connection(c.port, baudrate=c.baudrate, parity=c.parity, stopbits=c.stopbits,
-                                 bytesize=c.bytesize, timeout_s=c.timeout_s,
-                                 inter_frame_delay_s=c.inter_frame_delay_ms / 1000, clock=clock.wall_ms)
-    return tcp_connection(c.host, c.port, timeout_s=c.timeout_s, rtu_framing=c.protocol == "modbus_rtu_over_tcp",
-                          clock=clock.wall_ms)
+
+def make_subscriber(spec: InstrumentSpec) -> SubscribingDriver:
+    """The driver of an instrument of a subscribing protocol (one per instrument)."""
+    return PROTOCOLS.named(spec.protocol).open_subscriber(spec.device)
 
 
 @dataclass
@@ -65,7 +63,7 @@ class Gateway:
     config: Config
     clock: Clock = field(default_factory=SystemClock)
     pollers: list[ConnectionPoller] = field(default_factory=list)
-    subscribers: list[tuple[InstrumentSpec, Any]] = field(default_factory=list)  # (spec, OpcUaDriver)
+    subscribers: list[tuple[InstrumentSpec, SubscribingDriver]] = field(default_factory=list)
     # Supervision: restart backoff and how long a restarted task must run to count as recovered.
     restart_backoff_s: tuple[float, float] = (1.0, 30.0)
     healthy_after_s: float = 10.0
@@ -101,13 +99,8 @@ class Gateway:
         ]
         for line in cfg.warnings:
             log.warning("%s", line)
-        ua_specs = [s for s in cfg.instruments if s.polled and s.is_opcua]
-        if ua_specs:
-            from drivers.opcua.driver import OpcUaDriver
-
-            # asyncua logs a traceback per lost connection; the driver logs one line per state change.
-            logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-            self.subscribers = [(s, OpcUaDriver(s.device)) for s in ua_specs]  # type: ignore[arg-type]
+        self.subscribers = [(s, make_subscriber(s)) for s in cfg.instruments
+                            if s.polled and PROTOCOLS.named(s.protocol).kind == "subscribing"]
         log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
                  __version__, sum(len(p.specs) for p in self.pollers) + len(self.subscribers),
                  len(self.pollers) + len(self.subscribers), st.store.path, st.mqtt.host, st.mqtt.port, cfg.version)

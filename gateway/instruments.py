@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.modbus.spec import ModbusPoint, ReadRequest
-from drivers.opcua.spec import OpcUaDevice
 from gateway.calibration import CalibrationWindow
 from gateway.point_rules import PointRules
-from gateway.registry_schema import NE107, Connection, InstrumentModel
+from gateway.registry_schema import NE107, ConnectionBase, InstrumentModel
 from gateway.units import Conversion
 
 
@@ -22,7 +20,7 @@ class PointSpec:
     totalizer: bool
     description: str
     expect: tuple[float, float] | None
-    modbus: ModbusPoint | None
+    wire: Any  # the protocol plugin's form of the point (e.g. the register of a Modbus point), or None
     source_file: str
     source_line: int | None
     simulate: dict[str, Any] | None = None  # signal hint for the bundled simulator
@@ -38,16 +36,6 @@ class HealthRule:
     invert: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ModbusDevice:
-    """What the Modbus driver needs to poll one instrument."""
-
-    instrument_id: str
-    unit_id: int
-    timeout_s: float
-    requests: tuple[ReadRequest, ...]
-
-
 @dataclass(frozen=True)
 class InstrumentSpec:
     id: str
@@ -57,18 +45,15 @@ class InstrumentSpec:
     health: tuple[HealthRule, ...]
     calibration: CalibrationWindow
     poll_interval_s: float
-    device: ModbusDevice | OpcUaDevice
+    protocol: str  # the protocol plugin's name (gateway.protocols)
+    device: Any  # what the plugin's driver reads: built by ProtocolPlugin.build_device
     source_file: str
     point_index: dict[str, PointSpec] = field(default_factory=dict)
     connection_line: int | None = None  # where `connection` is written, for cross-instrument errors
 
     @property
-    def connection(self) -> Connection:
-        return self.model.connection
-
-    @property
-    def is_opcua(self) -> bool:
-        return isinstance(self.device, OpcUaDevice)
+    def connection(self) -> ConnectionBase:
+        return self.model.connection  # type: ignore[no-any-return]
 
     @property
     def polled(self) -> bool:

@@ -10,6 +10,7 @@ from gateway.app import group_by_endpoint, make_connection
 from gateway.clock import SystemClock
 from gateway.errors import DriverError
 from gateway.ingest import Ingest
+from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
 from gateway.registry import Config
 
@@ -38,8 +39,7 @@ async def live_check(cfg: Config) -> list[str]:
                         lo, hi = p.expect
                         if not lo <= raw <= hi:
                             problems.append(f"{where}: read {raw:.6g} {p.device_unit}, expected {lo:g}..{hi:g} "
-                                            f"(check word order '{p.modbus.order.value if p.modbus else '?'}' "
-                                            f"and scale)")
+                                            f"({PROTOCOLS.named(spec.protocol).expect_hint(p.wire)})")
         finally:
             await conn.close()
     return problems

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.model import Quality
-from gateway.registry_schema import Kind, PointModel, Range
+from gateway.registry_schema import Kind, PointBase, Range
 from gateway.rules.aggregates import PeriodRule
 from gateway.rules.gaps import GapRules
 from gateway.rules.policy_config import SubstitutionPolicy, resolve_policy
@@ -54,7 +54,7 @@ def default_gap_grace_ms(cadence_ms: int, timeout_s: float, *, change_driven: bo
     return max(grace, 60_000) if change_driven else grace
 
 
-def compile_point_rules(kind: Kind, p: PointModel, unit: str, measuring_range: Range | None,
+def compile_point_rules(kind: Kind, p: PointBase, unit: str, measuring_range: Range | None,
                         poll_interval_s: float, *, timeout_s: float = 1.0,
                         change_driven: bool = False) -> tuple[PointRules | None, list[tuple[str, str]]]:
     """(rules, [(sub-field, message)]). Errors name the point field they come from."""

@@ -17,20 +17,25 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ValidationError
 
 import drivers
-from drivers.modbus.plan import find_overlaps, plan_requests
-from drivers.modbus.spec import ModbusPoint, WordOrder
+from drivers.base import PlannedPoint, ProtocolPlugin
 from gateway.calibration import due_date, window_for
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.instruments import HealthRule, InstrumentSpec, ModbusDevice, PointSpec
+from gateway.instruments import HealthRule, InstrumentSpec, PointSpec
 from gateway.point_rules import compile_point_rules
-from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointModel, ProfileModel
+from gateway.protocols import PROTOCOLS
+from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointBase, PointModel, ProfileModel
 from gateway.rules.methods import error_line as missing_data_error
 from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
 from gateway.units import UnitError, check_unit, conversion
 from gateway.yamlload import line_of, load_yaml, to_plain
 
-_PROTOCOL_TAGS = ("modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu", "opcua")
+_PROTOCOL_TAGS = frozenset(PROTOCOLS.tags)
 PROFILES_DIR = Path(drivers.__file__).resolve().parent / "profiles"
+
+
+def profile_dirs() -> list[Path]:
+    """The shared profile directory and each protocol plugin's own."""
+    return [PROFILES_DIR, *(p.profiles_dir for p in PROTOCOLS.plugins if p.profiles_dir is not None)]
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,13 @@ def _validate_at(model: type[BaseModel], node: Any, tree: Any, base: tuple[int |
         return None
 
 
-def load_profiles(directory: Path = PROFILES_DIR) -> tuple[dict[str, ProfileModel], dict[str, Any], list[ConfigError]]:
+def load_profiles(directory: Path | None = None) -> tuple[dict[str, ProfileModel], dict[str, Any], list[ConfigError]]:
     """All built-in profiles, their parsed trees (for line numbers) and any errors in them."""
     profiles: dict[str, ProfileModel] = {}
     trees: dict[str, Any] = {}
     errors: list[ConfigError] = []
-    for path in sorted(directory.glob("*.yaml")):
+    dirs = [directory] if directory is not None else profile_dirs()
+    for path in sorted(p for d in dirs for p in d.glob("*.yaml")):
         try:
             tree = load_yaml(path)
         except ConfigError as err:
@@ -123,12 +129,6 @@ def device_points(inst: InstrumentModel, profiles: dict[str, ProfileModel]) -> l
     The simulator serves these, as a real meter answers for all its registers."""
     base = profiles[inst.profile].points if inst.profile in profiles else []
     return [p for p, _ in _merge_points(base, inst.points)]
-
-
-def to_modbus_point(p: PointModel) -> ModbusPoint:
-    return ModbusPoint(name=p.name, table=p.table, address=p.address, dtype=p.type,  # type: ignore[arg-type]
-                       order=p.order or WordOrder.ABCD, scale=p.scale if p.scale is not None else 1.0,
-                       offset=p.offset or 0.0)
 
 
 def config_version(directory: Path, files: list[Path]) -> str:
@@ -175,8 +175,7 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
     tz = ZoneInfo(checked.gateway.timezone)
     max_bytes = checked.limits.max_config_file_bytes
     seen_ids: dict[str, str] = {}
-    seen_devices: dict[tuple[str, int], str] = {}
-    buses: dict[str, tuple[InstrumentSpec, str]] = {}
+    shared: dict[str, dict[Any, Any]] = {}  # each protocol plugin's scratch space for cross-instrument checks
     specs: list[InstrumentSpec] = []
     for path in files:
         try:
@@ -210,22 +209,12 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
             spec = _compile(inst, ctx, profiles, profile_trees, checked, tz, today or date.today())
             if spec is None:
                 continue
-            if spec.polled and not spec.is_opcua:
-                bus = buses.setdefault(spec.connection.endpoint, (spec, inst.id))
-                settings_of = getattr(spec.connection, "line_settings", None)
-                if settings_of is not None and settings_of != bus[0].connection.line_settings:
-                    ctx.error(("connection",), "connection",
-                              f"serial settings {settings_of} differ from instrument {bus[1]} on the same bus "
-                              f"{bus[0].connection.line_settings}")
-                dev_key = (spec.connection.endpoint, spec.connection.unit_id)
-                if dev_key in seen_devices:
-                    ctx.error(("connection", "unit_id"), "connection.unit_id",
-                              f"{dev_key[0]} unit {dev_key[1]} is already used by instrument {seen_devices[dev_key]}")
-                seen_devices[dev_key] = inst.id
+            if spec.polled:
+                PROTOCOLS.named(spec.protocol).check_shared(spec, shared.setdefault(spec.protocol, {}), ctx)
             specs.append(spec)
     if errors or settings is None:
         raise ConfigErrors(_located(errors or [ConfigError("cannot load settings", file=str(gw_file))]))
-    warnings.extend(_shared_bus_timing(specs))
+    warnings.extend(_protocol_warnings(specs))
     version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
     return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version,
                   warnings=tuple(w.one_line() for w in warnings))
@@ -388,29 +377,28 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         ctx.error(("points",), "points", "instrument has no points (give a profile or points)")
 
     own_index = {p.name: j for j, p in enumerate(inst.points)}
-    is_opcua = inst.connection.protocol == "opcua"
-    ua_points: list[tuple[PointModel, tuple[int | str, ...], str]] = []
+    plugin = PROTOCOLS.of(inst.connection)
+    planned: list[PlannedPoint] = []
     points: list[PointSpec] = []
-    for p, own in merged:
+    for merged_p, own in merged:
         if own:
-            j = own_index[p.name]
+            j = own_index[merged_p.name]
             loc: tuple[int | str, ...] = ("points", j)
             field = f"points[{j}]"
             src_file, src_line = str(ctx.file), ctx.line(loc)
         else:
             ppath, ptree = profile_trees[profile.profile]  # type: ignore[union-attr]
-            k = next(i for i, bp in enumerate(base_points) if bp.name == p.name)
+            k = next(i for i, bp in enumerate(base_points) if bp.name == merged_p.name)
             loc, field = ("profile",), f"profile({inst.profile}).points[{k}]"
             src_file, src_line = str(ppath), line_of(ptree, ("points", k))
-        needed = ("node_id",) if is_opcua else ("table", "address", "type", "device_unit")
-        missing = [f for f in needed if getattr(p, f) is None]
+        p = _as_protocol_point(merged_p, plugin, loc, field, own, ctx)
+        if p is None:
+            continue
+        missing = [f for f in plugin.required_point_fields if getattr(p, f) is None]
         if (p.unit or p.device_unit) is None:
             missing.append("unit")
         if missing:
             ctx.error(loc, f"{field}", f"point '{p.name}' lacks {', '.join(missing)}")
-            continue
-        if not is_opcua and p.node_id is not None:
-            ctx.error((*loc, "node_id"), f"{field}.node_id", "node_id is for OPC UA instruments only")
             continue
         device_unit = p.device_unit or p.unit
         unit = p.unit or p.device_unit
@@ -421,25 +409,23 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             ctx.error(loc + ((sub,) if own else ()), f"{field}.{sub}", str(err))
             continue
         # The cadence the rules expect is the one the driver really keeps for this point.
-        subscribed = is_opcua and (p.mode or "subscribe") == "subscribe"
-        if subscribed:
-            poll_s = inst.connection.publishing_interval_ms / 1000
-        elif is_opcua:
-            poll_s = inst.poll_interval_s or inst.connection.poll_interval_s
-        else:
-            poll_s = inst.poll_interval_s or settings.limits.default_poll_interval_s
+        poll_s, change_driven = plugin.cadence(p, inst, settings.limits.default_poll_interval_s)
         rules, rule_errors = compile_point_rules(inst.kind, p, unit, inst.measuring_range, poll_s,  # type: ignore[arg-type]
-                                                 timeout_s=inst.connection.timeout_s, change_driven=subscribed)
+                                                 timeout_s=inst.connection.timeout_s, change_driven=change_driven)
         for sub, message in rule_errors:
             ctx.error(loc + tuple(sub.split(".")) if own else loc, f"{field}.{sub}", message)
         if rules is None:
             continue
-        mp = None if is_opcua else to_modbus_point(p)
-        if is_opcua:
-            ua_points.append((p, loc, field))
+        try:
+            wire = plugin.compile_point(p)
+        except ValueError as err:
+            ctx.error(loc, field, str(err))
+            continue
+        planned.append(PlannedPoint(point=p, wire=wire, loc=loc, field=field, source_file=src_file,
+                                    source_line=src_line))
         points.append(PointSpec(name=p.name, device_unit=device_unit, unit=unit, conversion=conv,  # type: ignore[arg-type]
                                 totalizer=bool(p.totalizer), description=p.description or "", expect=p.expect,
-                                modbus=mp, source_file=src_file, source_line=src_line,
+                                wire=wire, source_file=src_file, source_line=src_line,
                                 simulate=dict(p.simulate) if p.simulate else None, rules=rules))
 
     if inst.measuring_range is not None:
@@ -447,13 +433,6 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             check_unit(inst.measuring_range.unit)
         except UnitError as err:
             ctx.error(("measuring_range", "unit"), "measuring_range.unit", str(err))
-
-    modbus_points = [p.modbus for p in points if p.modbus is not None]
-    for a, b in find_overlaps(modbus_points):
-        pb = next(p for p in points if p.name == b.name)
-        ctx.error(_point_loc(inst, b.name), _point_field(inst, b.name),
-                  f"registers {b.table.value} {b.address}..{b.end - 1} of '{b.name}' overlap "
-                  f"'{a.name}' ({a.address}..{a.end - 1}) [{pb.source_file.rsplit('/', 1)[-1]}:{pb.source_line}]")
 
     health: list[HealthRule] = []
     if profile is not None and profile.health is not None:
@@ -465,120 +444,35 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
 
     if len(ctx.errors) > n_errors:
         return None
-    poll = inst.poll_interval_s or settings.limits.default_poll_interval_s
-    if is_opcua:
-        device = _opcua_device(inst, ua_points, ctx)
-        if device is None:
-            return None
-        return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=(),
-                              calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
-                              point_index={p.name: p for p in points})
-    max_regs = profile.max_registers_per_request if profile else 125
-    max_gap = profile.max_gap_registers if profile else 0
-    try:
-        requests = tuple(plan_requests(modbus_points, max_registers=max_regs, max_gap=max_gap))
-    except ValueError as err:
-        ctx.error(("points",), "points", str(err))
+    device = plugin.build_device(inst, planned, profile, ctx)
+    if device is None or len(ctx.errors) > n_errors:
         return None
-    device = ModbusDevice(instrument_id=inst.id, unit_id=inst.connection.unit_id,
-                          timeout_s=inst.connection.timeout_s, requests=requests)
+    poll = inst.poll_interval_s or settings.limits.default_poll_interval_s
     return InstrumentSpec(id=inst.id, model=inst, profile=inst.profile, points=tuple(points), health=tuple(health),
-                          calibration=window, poll_interval_s=poll, device=device, source_file=str(ctx.file),
-                          point_index={p.name: p for p in points},
+                          calibration=window, poll_interval_s=poll, protocol=plugin.name, device=device,
+                          source_file=str(ctx.file), point_index={p.name: p for p in points},
                           connection_line=ctx.line(("connection", "timeout_s")))
 
 
-def _shared_bus_timing(specs: list[InstrumentSpec]) -> list[ConfigError]:
-    """On one RS-485 bus a silent meter holds the line for its whole timeout. If that timeout is not
-    shorter than another meter's poll interval, one dead meter costs the healthy ones whole polls
-    (counted as missed polls). Legal, so a warning, not an error."""
-    errors: list[ConfigError] = []
-    buses: dict[str, list[InstrumentSpec]] = {}
-    for s in specs:
-        if s.polled and s.connection.protocol == "modbus_rtu":
-            buses.setdefault(s.connection.endpoint, []).append(s)
-    for members in buses.values():
-        for s in members:
-            others = [o for o in members if o is not s]
-            if not others:
-                continue
-            fastest = min(others, key=lambda o: o.poll_interval_s)
-            if s.connection.timeout_s >= fastest.poll_interval_s:
-                errors.append(ConfigError(
-                    f"warning: timeout {s.connection.timeout_s:g} s is not below the "
-                    f"{fastest.poll_interval_s:g} s poll interval of {fastest.id} on the same bus: "
-                    f"a silent {s.id} would cost it whole polls",
-                    file=s.source_file, line=s.connection_line, field=f"instruments.{s.id}.connection.timeout_s"))
-    return errors
-
-
-def _secret(sec: Any, file_key: str | None, env_key: str, ctx: _Ctx) -> str | None:
-    """A secret from a file (`file_key`) or the value of an environment variable (`env_key`)."""
-    path = getattr(sec, file_key) if file_key else None
-    env = getattr(sec, env_key)
-    if path is not None:
-        try:
-            return read_secret_file(Path(path))
-        except ValueError as err:
-            ctx.error(("connection", "security", file_key), f"connection.security.{file_key}", str(err))  # type: ignore[arg-type]
-            return None
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            ctx.error(("connection", "security", env_key), f"connection.security.{env_key}",
-                      f"environment variable {env} is not set")
-        return value
-    return None
-
-
-def _opcua_device(inst: InstrumentModel, ua_points: list[tuple[PointModel, tuple[int | str, ...], str]],
-                  ctx: _Ctx) -> Any:
-    from drivers.opcua.spec import OpcUaDevice, OpcUaPoint, OpcUaSecurity
-
-    c = inst.connection
-    built = []
-    for p, loc, field in ua_points:
-        try:
-            built.append(OpcUaPoint(name=p.name, node_id=p.node_id or "", mode=p.mode or "subscribe",  # type: ignore[arg-type]
-                                    sampling_interval_ms=p.sampling_interval_ms, queue_size=p.queue_size or 1,
-                                    deadband_abs=p.deadband, scale=p.scale if p.scale is not None else 1.0,
-                                    offset=p.offset or 0.0))
-        except ConfigError as err:
-            sub = (err.field or "").rsplit(".", 1)[-1]
-            ctx.error(loc + ((sub,) if sub else ()), f"{field}.{sub}" if sub else field, err.message)
-    sec = c.security
-    password = _secret(sec, "password_file", "password_env", ctx)
-    # The variable's value is the passphrase of client_key (it was once read as a file name).
-    key_password = _secret(sec, None, "key_password_env", ctx)
-    try:
-        security = OpcUaSecurity(policy=sec.policy, mode=sec.mode, client_cert=sec.client_cert,  # type: ignore[arg-type]
-                                 client_key=sec.client_key, client_key_password=key_password,
-                                 application_uri=sec.application_uri, trust_dir=sec.trust_dir,
-                                 trusted_certs=tuple(sec.trusted_certs), crl_dir=sec.crl_dir,
-                                 trust_server_certificate_without_check=sec.trust_server_certificate_without_check,
-                                 username=sec.username, password=password)
-        return OpcUaDevice(instrument_id=inst.id, endpoint_url=c.endpoint, points=tuple(built),
-                           publishing_interval_ms=c.publishing_interval_ms,
-                           poll_interval_s=inst.poll_interval_s or c.poll_interval_s,
-                           health_node_id=c.health_node_id, calibration_node_id=c.calibration_node_id,
-                           watchdog_intervals=c.watchdog_intervals, timeout_s=c.timeout_s, security=security,
-                           reconnect_initial_s=c.reconnect_initial_s, reconnect_max_s=c.reconnect_max_s)
-    except ConfigError as err:
-        field = err.field or "connection"
-        loc = tuple(x for x in field.split(".") if x)
-        ctx.error(("connection", *loc) if loc[:1] != ("connection",) else loc, f"connection.{field}", err.message)
+def _as_protocol_point(p: PointBase, plugin: ProtocolPlugin, loc: tuple[int | str, ...], field: str, own: bool,
+                       ctx: _Ctx) -> PointBase | None:
+    """A point as written (any protocol's fields) as the instrument's protocol's point model. A field of
+    another protocol is a mistake (a register address on an OPC UA instrument would silently mean nothing)."""
+    given = p.model_dump(exclude_none=True)
+    ok = True
+    for name in given:
+        owner = PROTOCOLS.field_owner(name)
+        if owner is not None and name not in plugin.point_model.model_fields:
+            ctx.error((*loc, name) if own else loc, f"{field}.{name}", f"{name} is for {owner.title} instruments only")
+            ok = False
+    if not ok:
         return None
+    return plugin.point_model.model_validate(given)  # type: ignore[no-any-return]
 
 
-def _point_loc(inst: InstrumentModel, name: str) -> tuple[int | str, ...]:
-    for j, p in enumerate(inst.points):
-        if p.name == name:
-            return ("points", j)
-    return ("profile",)
-
-
-def _point_field(inst: InstrumentModel, name: str) -> str:
-    for j, p in enumerate(inst.points):
-        if p.name == name:
-            return f"points[{j}]"
-    return f"profile({inst.profile}).{name}"
+def _protocol_warnings(specs: list[InstrumentSpec]) -> list[ConfigError]:
+    """Legal but risky settings across instruments, from each protocol plugin."""
+    out: list[ConfigError] = []
+    for plugin in PROTOCOLS.plugins:
+        out.extend(plugin.warnings([s for s in specs if s.polled and s.protocol == plugin.name]))
+    return out

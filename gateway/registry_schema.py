@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, create_model, model_validator
 
-from drivers.modbus.spec import DataType, Table, WordOrder
 from gateway.model import NE107
 from gateway.model import InstrumentKind as Kind
-from gateway.rules.methods import MissingData
+from gateway.protocols import PROTOCOLS
+from gateway.schema_base import (
+    MIN_POLL_INTERVAL_S,
+    AggregateModel,
+    ConnectionBase,
+    PointBase,
+    Strict,
+    ValidityModel,
+    is_loopback_host,
+)
 
-
-def is_loopback_host(host: str) -> bool:
-    """Simulators serve only loopback instruments: never a real plant address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-# Polling faster than this is a typo (1e-9 s was accepted once: 7,000 polls/s against one meter), not a
-# plan: even a Modbus TCP meter on a LAN needs a few ms per request, and the rules engine's cadence
-# accounting assumes polls are not closer together than this.
-MIN_POLL_INTERVAL_S = 0.05
-
-
-class Strict(BaseModel):
-    # Unknown keys are errors at every level; NaN and infinity are never a configuration value.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+__all__ = ["MIN_POLL_INTERVAL_S", "NE107", "AggregateModel", "ConnectionBase", "Kind", "PointBase",
+           "ValidityModel", "is_loopback_host"]
 
 
 class Lifecycle(StrEnum):
@@ -58,69 +47,8 @@ class SourceCategory(StrEnum):
     OTHER = "other"
 
 
-class PointModel(Strict):
-    """A Modbus point, in a profile or in an instrument (where it adds or overrides by name)."""
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    table: Table | None = None
-    address: int | None = Field(default=None, ge=0, le=0xFFFF)
-    type: DataType | None = None
-    order: WordOrder | None = None
-    scale: float | None = None  # finite and non-zero (a zero scale turns every reading into 0)
-    offset: float | None = None
-    device_unit: str | None = Field(default=None, min_length=1)
-    unit: str | None = Field(default=None, min_length=1)
-    totalizer: bool | None = None
-    description: str | None = None
-    expect: tuple[float, float] | None = None  # plausible range checked by `validate --live`
-    # OPC UA points (connection protocol opcua) give a node id instead of a register.
-    node_id: str | None = None
-    mode: Literal["subscribe", "poll"] | None = None
-    sampling_interval_ms: float | None = Field(default=None, ge=MIN_POLL_INTERVAL_S * 1000)
-    queue_size: int | None = Field(default=None, ge=1)
-    deadband: float | None = Field(default=None, ge=0)
-    # Rules engine (docs/rules.md): validity, expected cadence, period aggregates, missing-data policy.
-    validity: ValidityModel | None = None
-    cadence_s: float | None = Field(default=None, gt=0)  # expected reading cadence; default: the poll interval
-    gap_after_s: float | None = Field(default=None, gt=0)  # no valid reading this long opens a gap (1.5 cadences)
-    aggregate: AggregateModel | None = None
-    feeds_emissions: bool | None = None  # a point that feeds an emission figure needs a direction
-    direction: Literal["high", "low"] | None = None
-    missing_data: MissingData | None = None  # one substitution method and its parameters (docs/rules.md §1.2)
-    rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
-    simulate: dict[str, object] | None = None
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, v: float | None) -> float | None:
-        if v == 0:
-            raise ValueError("scale must not be 0 (every reading would be 0)")
-        return v
-
-    @field_validator("expect")
-    @classmethod
-    def _expect(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and v[0] > v[1]:
-            raise ValueError("expect must be [low, high] with low <= high")
-        return v
-
-
-class ValidityModel(Strict):
-    """Per-point validity rules; anything left out keeps the default of the instrument kind."""
-
-    range: tuple[float, float] | None = None  # defaults to the instrument's measuring range (same unit family)
-    physical_min: float | None = None
-    physical_max: float | None = None
-    max_rate_per_s: float | None = Field(default=None, ge=0)
-    frozen_count: int | None = Field(default=None, ge=2)
-    frozen_seconds: float | None = Field(default=None, gt=0)
-    calibration_expired: Literal["uncertain", "bad"] = "uncertain"
-
-
-class AggregateModel(Strict):
-    period_s: int = Field(default=3600, ge=60, le=86_400)
-    rule: Literal["mrr", "part75", "fraction"] = "mrr"  # mrr: >= 80 % of possible points; part75: 4 quadrants
-    min_fraction: float | None = Field(default=None, gt=0, le=1)  # for rule: fraction
+# The point as written in YAML: the common fields plus every registered protocol's (gateway/protocols.py).
+PointModel: type[PointBase] = PROTOCOLS.point_model()
 
 
 class HealthBit(Strict):
@@ -145,117 +73,24 @@ class HealthModel(Strict):
         return self
 
 
-class ProfileModel(Strict):
+class ProfileBase(Strict):
     profile: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     kind: Kind
     manufacturer: str
     model: str
     source: str = Field(min_length=10)
     notes: str = ""
-    max_registers_per_request: int = Field(default=125, ge=1, le=125)
-    max_gap_registers: int = Field(default=0, ge=0, le=124)
-    points: list[PointModel]
+    points: list[PointModel]  # type: ignore[valid-type]
     health: HealthModel | None = None
 
 
-class ModbusTcpConnection(Strict):
-    protocol: Literal["modbus_tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255)
-    timeout_s: float = Field(default=1.0, gt=0, le=60)
+# A meter profile: the common keys plus the profile options of every registered protocol.
+_OPTIONS = {name: (info.annotation, info) for opts in PROTOCOLS.profile_options()
+            for name, info in opts.model_fields.items()}
+ProfileModel: Any = create_model("ProfileModel", __base__=ProfileBase, **_OPTIONS)
 
-    @property
-    def endpoint(self) -> str:
-        return f"modbus_tcp://{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_host(self.host)
-
-
-class ModbusRtuOverTcpConnection(ModbusTcpConnection):
-    """RTU frames (with CRC, no MBAP header) carried by a transparent serial device server."""
-
-    protocol: Literal["modbus_rtu_over_tcp"]  # type: ignore[assignment]
-
-    @property
-    def endpoint(self) -> str:
-        return f"rtu_over_tcp://{self.host}:{self.port}"
-
-
-class ModbusRtuConnection(Strict):
-    """An RS-485 bus: every instrument on the same `port` shares one serial line (one request at a time)."""
-
-    protocol: Literal["modbus_rtu"]
-    port: str = Field(min_length=1)  # /dev/ttyUSB0, /dev/serial/by-id/..., or a pyserial URL
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    unit_id: int = Field(default=1, ge=1, le=247)
-    timeout_s: float = Field(default=0.5, gt=0, le=60)
-    inter_frame_delay_ms: float = Field(default=0.0, ge=0, le=1000)  # extra pause between requests on the bus
-
-    @property
-    def endpoint(self) -> str:
-        return f"modbus_rtu://{self.port}"
-
-    @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
-    @property
-    def is_loopback(self) -> bool:
-        return False
-
-
-class OpcUaSecurityModel(Strict):
-    policy: Literal["None", "Basic256Sha256"] = "None"
-    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    client_cert: str | None = None
-    client_key: str | None = None
-    application_uri: str = "urn:carbon-gateway:client"
-    trust_dir: str | None = None
-    trusted_certs: list[str] = []
-    crl_dir: str | None = None
-    trust_server_certificate_without_check: bool = False
-    username: str | None = None
-    # Secrets never live in YAML: a file or an environment variable.
-    password_file: str | None = None
-    password_env: str | None = None
-    key_password_env: str | None = None
-
-
-class OpcUaConnection(Strict):
-    protocol: Literal["opcua"]
-    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
-    publishing_interval_ms: float = Field(default=1000.0, ge=MIN_POLL_INTERVAL_S * 1000, le=86_400_000)
-    watchdog_intervals: int = Field(default=3, ge=2, le=100)
-    poll_interval_s: float = Field(default=10.0, ge=MIN_POLL_INTERVAL_S, le=86_400)
-    timeout_s: float = Field(default=5.0, gt=0, le=120)
-    reconnect_initial_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    health_node_id: str | None = None
-    calibration_node_id: str | None = None
-    security: OpcUaSecurityModel = OpcUaSecurityModel()
-
-    @property
-    def host(self) -> str:
-        return self.endpoint.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        hostport = self.endpoint.split("://", 1)[1].split("/", 1)[0]
-        return int(hostport.rsplit(":", 1)[1]) if ":" in hostport else 4840
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_host(self.host)
-
-
-Connection = Annotated[ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection | OpcUaConnection,
-                       Field(discriminator="protocol")]
+# The connection of an instrument: a discriminated union on `protocol` of every plugin's connection models.
+Connection: Any = PROTOCOLS.connection_type()
 
 
 class Range(Strict):
@@ -298,7 +133,7 @@ class InstrumentModel(Strict):
     connection: Connection
     poll_interval_s: float | None = Field(default=None, ge=MIN_POLL_INTERVAL_S, le=86_400)
     only_points: list[str] | None = None
-    points: list[PointModel] = []
+    points: list[PointModel] = []  # type: ignore[valid-type]
 
 
 class InstrumentFile(Strict):

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.errors import ConfigError
-from gateway.registry_schema import MIN_POLL_INTERVAL_S
+from gateway.schema_base import MIN_POLL_INTERVAL_S
 from gateway.yamlload import DEFAULT_MAX_FILE_BYTES
 
 # The topic prefix is the first levels of every topic the gateway publishes; the rest (gateway id,

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.modbus.plugin import to_modbus_point
 from gateway.errors import ConfigError, ConfigErrors, GatewayError
 from gateway.instruments import InstrumentSpec
-from gateway.registry import Config, device_points, load_profiles, to_modbus_point
+from gateway.registry import Config, device_points, load_profiles
 from gateway.registry_schema import ProfileModel
 from gateway.shutdown import stop_on_signals
 from simulators.modbus_server import Faults, ModbusMeterServer, SimulatedDevice
@@ -79,7 +80,7 @@ def build_servers(cfg: Config, *, seed: int = 1) -> dict[str, tuple[ModbusMeterS
     servers: dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]] = {}
     for i, spec in enumerate(cfg.instruments):
         conn = spec.connection
-        if spec.is_opcua or not conn.is_loopback:
+        if spec.protocol != "modbus" or not conn.is_loopback:
             continue
         if conn.endpoint not in servers:
             # A serial device server in front of RTU meters speaks RTU frames over TCP.
@@ -142,7 +143,7 @@ def busy_ports(endpoints: Sequence[tuple[str, int]]) -> list[str]:
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
                          seed: int = 1) -> int:
     servers = build_servers(cfg, seed=seed)
-    ua = [s for s in cfg.instruments if s.is_opcua and s.connection.is_loopback]
+    ua = [s for s in cfg.instruments if s.protocol == "opcua" and s.connection.is_loopback]
     if not servers and not ua:
         print("no instrument of this configuration has a loopback address: nothing to simulate")
         return 2

@@ -93,3 +93,13 @@ class ReadRequest:
     address: int
     count: int
     points: tuple[ModbusPoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusDevice:
+    """What the Modbus driver needs to poll one instrument."""
+
+    instrument_id: str
+    unit_id: int
+    timeout_s: float
+    requests: tuple[ReadRequest, ...]

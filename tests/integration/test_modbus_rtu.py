@@ -97,8 +97,8 @@ def wire_value(p: ModbusPoint, value: float) -> float:
 
 def expected_reading(spec: InstrumentSpec, dev: SimulatedDevice, point: str) -> float:
     p = spec.point_index[point]
-    assert p.modbus is not None
-    return p.conversion.apply(wire_value(p.modbus, dev.values[point]))
+    assert p.wire is not None
+    return p.conversion.apply(wire_value(p.wire, dev.values[point]))
 
 
 @pytest.fixture

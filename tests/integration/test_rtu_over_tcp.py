@@ -53,7 +53,7 @@ def config(directory: Path, *instruments: str, backoff: tuple[float, float] = (0
 
 def expected_reading(spec: InstrumentSpec, dev: SimulatedDevice, point: str) -> float:
     p = spec.point_index[point]
-    mp = p.modbus
+    mp = p.wire
     assert mp is not None
     on_wire = float(decode_value(encode_point(mp, dev.values[point]), mp.dtype, mp.order)) * mp.scale + mp.offset
     return p.conversion.apply(on_wire)

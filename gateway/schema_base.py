@@ -1,0 +1,100 @@
+"""The protocol-neutral building blocks of the configuration models, shared by the core and the plugins.
+
+Protocol plugins (drivers/<name>/plugin.py) subclass `PointBase` (adding their addressing fields) and
+`ConnectionBase` (one model per `protocol` tag); gateway/registry_schema.py assembles them into the
+models of the instrument registry and of meter profiles.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.rules.methods import MissingData
+
+
+def is_loopback_host(host: str) -> bool:
+    """Simulators serve only loopback instruments: never a real plant address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Polling faster than this is a typo (1e-9 s was accepted once: 7,000 polls/s against one meter), not a
+# plan: even a meter on a LAN needs a few ms per request, and the rules engine's cadence accounting
+# assumes polls are not closer together than this.
+MIN_POLL_INTERVAL_S = 0.05
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors at every level; NaN and infinity are never a configuration value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ValidityModel(Strict):
+    """Per-point validity rules; anything left out keeps the default of the instrument kind."""
+
+    range: tuple[float, float] | None = None  # defaults to the instrument's measuring range (same unit family)
+    physical_min: float | None = None
+    physical_max: float | None = None
+    max_rate_per_s: float | None = Field(default=None, ge=0)
+    frozen_count: int | None = Field(default=None, ge=2)
+    frozen_seconds: float | None = Field(default=None, gt=0)
+    calibration_expired: Literal["uncertain", "bad"] = "uncertain"
+
+
+class AggregateModel(Strict):
+    period_s: int = Field(default=3600, ge=60, le=86_400)
+    rule: Literal["mrr", "part75", "fraction"] = "mrr"  # mrr: >= 80 % of possible points; part75: 4 quadrants
+    min_fraction: float | None = Field(default=None, gt=0, le=1)  # for rule: fraction
+
+
+class PointBase(Strict):
+    """The fields of a point every protocol has, in a profile or in an instrument (where it adds or
+    overrides by name). A protocol's point model adds its addressing fields, all optional."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    scale: float | None = None  # finite and non-zero (a zero scale turns every reading into 0)
+    offset: float | None = None
+    device_unit: str | None = Field(default=None, min_length=1)
+    unit: str | None = Field(default=None, min_length=1)
+    totalizer: bool | None = None
+    description: str | None = None
+    expect: tuple[float, float] | None = None  # plausible range checked by `validate --live`
+    # Rules engine (docs/rules.md): validity, expected cadence, period aggregates, missing-data policy.
+    validity: ValidityModel | None = None
+    cadence_s: float | None = Field(default=None, gt=0)  # expected reading cadence; default: the poll interval
+    gap_after_s: float | None = Field(default=None, gt=0)  # no valid reading this long opens a gap (1.5 cadences)
+    aggregate: AggregateModel | None = None
+    feeds_emissions: bool | None = None  # a point that feeds an emission figure needs a direction
+    direction: Literal["high", "low"] | None = None
+    missing_data: MissingData | None = None  # one substitution method and its parameters (docs/rules.md §1.2)
+    rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
+    simulate: dict[str, object] | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float | None) -> float | None:
+        if v == 0:
+            raise ValueError("scale must not be 0 (every reading would be 0)")
+        return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError("expect must be [low, high] with low <= high")
+        return v
+
+
+class ConnectionBase(Strict):
+    """A connection model. Subclasses declare `protocol: Literal["<tag>"]` (the YAML discriminator) and
+    `timeout_s: float` (with their default), and provide `endpoint: str` (instruments with equal
+    endpoints share one polling driver: one TCP connection or one serial bus) and `is_loopback: bool`
+    (the simulator serves only loopback endpoints), as properties or fields.
+    """
