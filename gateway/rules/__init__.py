@@ -9,7 +9,8 @@ Modules, each usable on its own:
 - ``aggregates``    period averages with count, valid count, availability and validity;
 - ``totalizer``     counter differences with rollover and meter replacement, recovered gaps;
 - ``substitution``  missing-data substitutes as versioned records with a full trace
-                    (``policy_config``, ``selectors``, ``policies``, ``lookback``, ``percentile``, ``trace``).
+                    (``methods``: each substitution method declared once; ``policy_config``, ``selectors``,
+                    ``policies``, ``lookback``, ``percentile``, ``trace``).
 
 The package does no I/O: the auditor tool that reads scenario files (``carbon-gateway rules evaluate FILE``)
 is ``gateway.audit``, and tests/unit/rules/test_rules_purity.py keeps it that way.
