@@ -170,7 +170,12 @@ class Store:
                              f"restore it from a backup, or delete it to start a new store with a new epoch")
 
     def _quick_check(self) -> None:
+        """About 10 ms per MB on the development machine (0.34 s for a 33 MB store): seconds for a store
+        near its size alarm, once per start."""
+        started = time.monotonic()
         problems = run_check(self._db, "quick_check", 20)
+        if not problems:  # a failure is the one line of the StoreError below
+            log.info("%s: integrity quick check ok in %.1f s", self.path, time.monotonic() - started)
         if problems:
             more = "+" if len(problems) >= 20 else ""
             raise StoreError(f"{self.path}: the store is corrupt ({len(problems)}{more} problems, first: "
