@@ -33,7 +33,15 @@ from sqlalchemy.pool import StaticPool
 
 from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
-from gateway.store_schema import MIGRATIONS, SCHEMA_VERSION, metadata
+from gateway.store_schema import (
+    CALIBRATION_CODES,
+    MIGRATION_GUARDS,
+    MIGRATIONS,
+    QUALITY_CODES,
+    SCHEMA_VERSION,
+    VIEWS,
+    metadata,
+)
 
 log = logging.getLogger("gateway.store")
 
@@ -129,7 +137,10 @@ class Store:
                 self._quick_check()
             self._migrate()
             self.epoch = self._ensure_epoch()
-            self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM readings")
+            self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM samples")
+            self._series: dict[tuple[str, str, str], int] = {
+                (i, p, u): sid for sid, i, p, u in self._db.execute("SELECT id, instrument, point, unit FROM series")}
+            self._labels: dict[str, int] = {t: lid for lid, t in self._db.execute("SELECT id, text FROM labels")}
             self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
             self._next_record_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records")
             self._seq: dict[str, int] = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
@@ -196,14 +207,18 @@ class Store:
         if version == 0:
             with self._engine.begin() as conn:
                 metadata.create_all(conn)
+                for statement in VIEWS:
+                    conn.exec_driver_sql(statement)
                 conn.exec_driver_sql("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                                      (str(SCHEMA_VERSION),))
             return
         while version < SCHEMA_VERSION:
             # One transaction per step: a crash mid-migration leaves the previous version intact.
             self._db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[version - 1]:
-                self._db.execute(statement)
+            guard = MIGRATION_GUARDS.get(version - 1)
+            if guard is None or self._db.execute(guard).fetchone() is not None:
+                for statement in MIGRATIONS[version - 1]:
+                    self._db.execute(statement)
             version += 1
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
             self._db.execute("COMMIT")
@@ -301,6 +316,25 @@ class Store:
         rid, mid = self._next_reading_id, self._next_message_id
         seq_updates: dict[str, int] = {}
         cv = self.config_version
+        # Integer coding (store_schema.samples): new series and labels go in the same transaction.
+        series, labels = self._series, self._labels
+        new_series: dict[tuple[str, str, str], int] = {}
+        new_labels: dict[str, int] = {}
+        next_series = max(series.values(), default=0) + 1
+        next_label = max(labels.values(), default=0) + 1
+
+        def label(text: str) -> int:
+            nonlocal next_label
+            lid = labels.get(text)
+            if lid is None:
+                lid = new_labels.get(text)
+                if lid is None:
+                    lid = new_labels[text] = next_label
+                    next_label += 1
+            return lid
+
+        cfg = label(cv) if by_instrument else None
+        qcodes, ccodes = QUALITY_CODES, CALIBRATION_CODES
         for instrument, items in by_instrument.items():
             stream = f"{instrument}/{KIND_READINGS}"
             seq = seq_updates.get(stream, self._seq.get(stream, 0))
@@ -308,11 +342,19 @@ class Store:
                 chunk = items[start : start + per_message]
                 first = rid
                 for r in chunk:
-                    rows.append((rid, r.instrument, r.point, r.ts_ms, r.value, r.unit, r.quality, r.reason,
-                                 r.calibration, cv, now_ms))  # StrEnums bind as their text
+                    key = (instrument, r.point, r.unit)
+                    sid = series.get(key) or new_series.get(key)
+                    if sid is None:
+                        sid = new_series[key] = next_series
+                        next_series += 1
+                    reason = labels.get(r.reason) if r.reason else 0
+                    if reason is None:
+                        reason = label(r.reason)
+                    rows.append((rid, sid, r.ts_ms, r.value,
+                                 qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4))
                     rid += 1
                 seq += 1
-                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms))
+                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg))
                 outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk))
                 mid += 1
             seq_updates[stream] = seq
@@ -332,7 +374,7 @@ class Store:
                                      json.dumps(d.body, separators=(",", ":"), allow_nan=False), cv, now_ms))
                     recid += 1
                 seq += 1
-                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms))
+                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None))
                 outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk]))
                 mid += 1
             seq_updates[stream] = seq
@@ -342,11 +384,15 @@ class Store:
             if rec_rows:
                 db.executemany("INSERT INTO records (id, kind, instrument, point, ts_ms, body, config_version, "
                                "stored_ms) VALUES (?,?,?,?,?,?,?,?)", rec_rows)
+            if new_series:
+                db.executemany("INSERT INTO series (id, instrument, point, unit) VALUES (?,?,?,?)",
+                               [(sid, *key) for key, sid in new_series.items()])
+            if new_labels:
+                db.executemany("INSERT INTO labels (id, text) VALUES (?,?)", [(i, t) for t, i in new_labels.items()])
             if msgs:
-                db.executemany("INSERT INTO readings (id, instrument, point, ts_ms, value, unit, quality, reason, "
-                               "calibration, config_version, stored_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                db.executemany("INSERT INTO samples (id, series, ts_ms, value, code) VALUES (?,?,?,?,?)", rows)
                 db.executemany("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, "
-                               "created_ms) VALUES (?,?,?,?,?,?,?,?)", msgs)
+                               "created_ms, config) VALUES (?,?,?,?,?,?,?,?,?)", msgs)
                 db.executemany("INSERT INTO pending (message_id) VALUES (?)", [(m[0],) for m in msgs])
                 db.executemany("INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                                "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
@@ -368,6 +414,8 @@ class Store:
             raise StoreError(f"{self.path}: commit failed: {err}{_corrupt_hint(err, self.path)}") from err
         self._next_reading_id, self._next_message_id, self._next_record_id = rid, mid, recid
         self._seq.update(seq_updates)
+        series.update(new_series)
+        labels.update(new_labels)
         self._out_acked.clear()
         recent = self._out_recent
         for o in outs:
@@ -524,15 +572,24 @@ class Store:
 
         One indexed look-up per point, newest first, so start-up does not scan months of readings."""
         out: dict[tuple[str, str], tuple[int, int | None]] = {}
-        for inst, point in points:
-            last = self._db.execute("SELECT ts_ms FROM readings WHERE instrument = ? AND point = ? "
-                                    "ORDER BY ts_ms DESC LIMIT 1", (inst, point)).fetchone()
-            if last is None:
-                continue
-            good = self._db.execute("SELECT ts_ms FROM readings WHERE instrument = ? AND point = ? "
-                                    "AND quality = 'good' AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
-                                    (inst, point)).fetchone()
-            out[(inst, point)] = (int(last[0]), int(good[0]) if good else None)
+        by_point: dict[tuple[str, str], list[int]] = {}
+        for (inst, point, _unit), sid in self._series.items():
+            by_point.setdefault((inst, point), []).append(sid)
+        db = self._db
+        for key in points:
+            lasts: list[int] = []
+            goods: list[int] = []
+            for sid in by_point.get(key, ()):  # one series per unit the point was stored in
+                last = db.execute("SELECT MAX(ts_ms) FROM samples WHERE series = ?", (sid,)).fetchone()[0]
+                if last is None:
+                    continue
+                lasts.append(int(last))
+                good = db.execute("SELECT ts_ms FROM samples WHERE series = ? AND code & 3 = 0 AND value IS NOT NULL "
+                                  "ORDER BY ts_ms DESC LIMIT 1", (sid,)).fetchone()
+                if good is not None:
+                    goods.append(int(good[0]))
+            if lasts:
+                out[key] = (max(lasts), max(goods) if goods else None)
         return out
 
     @_guarded("reading readings")
@@ -567,7 +624,7 @@ class Store:
 
     @_guarded("reading the last reading time")
     def last_reading_ts(self) -> int | None:
-        row = self._db.execute("SELECT MAX(ts_ms) FROM readings").fetchone()
+        row = self._db.execute("SELECT MAX(ts_ms) FROM samples").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
     @_guarded("reading store statistics")
@@ -595,7 +652,11 @@ class Store:
         msg_bound = min_pending_msg if min_pending_msg is not None else self._next_message_id
         try:
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute("DELETE FROM readings WHERE id < ? AND stored_ms < ?", (bound, older_than_ms))
+            # A reading's commit time is its message's (schema 5 keeps it once per message).
+            old_last = db.execute("SELECT MAX(last_id) FROM messages WHERE kind = 'readings' AND created_ms < ?",
+                                  (older_than_ms,)).fetchone()[0]
+            cut = min(bound, (old_last or 0) + 1)
+            cur = db.execute("DELETE FROM samples WHERE id < ?", (cut,))
             db.execute("DELETE FROM messages WHERE id < ? AND created_ms < ?", (msg_bound, older_than_ms))
             min_pending_rec = db.execute(
                 "SELECT MIN(m.first_id) FROM pending p JOIN messages m ON m.id = p.message_id "
@@ -631,7 +692,7 @@ class Store:
             used = self.used_bytes()
             if used <= max_bytes if removed == 0 else used <= target:
                 return removed
-            lo = db.execute("SELECT MIN(id) FROM readings").fetchone()[0]
+            lo = db.execute("SELECT MIN(id) FROM samples").fetchone()[0]
             first_pending = db.execute(
                 "SELECT MIN(m.first_id) FROM pending p JOIN messages m ON m.id = p.message_id "
                 "WHERE m.kind = 'readings'").fetchone()[0]
@@ -642,7 +703,7 @@ class Store:
             n = min(bound - lo, chunk, int((used - target) / per_reading) + 1)
             cut = lo + n
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute("DELETE FROM readings WHERE id < ?", (cut,))
+            cur = db.execute("DELETE FROM samples WHERE id < ?", (cut,))
             db.execute("DELETE FROM messages WHERE kind = 'readings' AND last_id < ? AND id NOT IN "
                        "(SELECT message_id FROM pending)", (cut,))
             db.execute("COMMIT")
@@ -714,6 +775,8 @@ def _create(path: Path) -> None:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         with engine.begin() as conn:
             metadata.create_all(conn)
+            for statement in VIEWS:
+                conn.exec_driver_sql(statement)
             conn.exec_driver_sql("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.exec_driver_sql("INSERT INTO meta VALUES ('epoch', ?)", (uuid.uuid4().hex,))
         with engine.begin() as conn:

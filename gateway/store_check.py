@@ -21,7 +21,10 @@ from gateway.store import Store, check_lines, run_check
 
 # Tables copied by `recover`, parents first. `meta` is merged by key (the new store keeps its own epoch and
 # schema version).
-TABLES = ("readings", "records", "messages", "pending", "streams", "ingested")
+TABLES = ("series", "labels", "samples", "readings", "records", "messages", "pending", "streams", "ingested")
+# How the report names a table: the integer-coded `samples` are the store's readings (schema 5); a
+# `readings` table (an older store) is copied through the view of the same name, which codes each row.
+REPORT_NAMES = {"samples": "readings"}
 MAX_POINT_LOOKUPS = 1_000_000  # rows tried one by one across one damaged region at most
 
 
@@ -172,17 +175,21 @@ def recover(source: Path, target: Path) -> RecoverReport:
         try:
             dst.execute("PRAGMA synchronous=NORMAL")
             dst.execute("BEGIN")
+            dst_tables = {r[0] for r in dst.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for table in TABLES:
-                t = report.tables[table] = TableReport()
                 if table not in src_tables:
                     continue
+                t = report.tables.setdefault(REPORT_NAMES.get(table, table), TableReport())
                 cols = [c for c in _columns(src, table) if c in set(_columns(dst, table))]
                 marks = ", ".join("?" for _ in cols)
                 insert = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({marks})"
+                via_view = table not in dst_tables  # its INSTEAD OF trigger reports no rowcount
                 for row in _rows(src, table, cols, t):
-                    if dst.execute(insert, row).rowcount == 1:
+                    before = dst.total_changes
+                    done = dst.execute(insert, row).rowcount == 1 if not via_view else dst.total_changes > before
+                    if done:
                         t.copied += 1
-                    else:
+                    elif table != "labels" or row[0] != 0:  # the empty label every store starts with
                         t.refused += 1
             for key, value in old_meta:
                 if key not in ("epoch", "schema_version") and isinstance(key, str):

@@ -153,3 +153,83 @@ def test_retention_by_size_never_deletes_undelivered(tmp_path: Path) -> None:
     assert store.prune_to_size(1) == 0  # all of it is undelivered: kept, however small the limit
     assert store.stats().pending_messages == 50
     store.close()
+
+
+V4_DDL = [  # the store layout of schema version 4 (text columns per reading), as released
+    "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE readings (id INTEGER NOT NULL PRIMARY KEY, instrument TEXT NOT NULL, point TEXT NOT NULL, "
+    "ts_ms INTEGER NOT NULL, value FLOAT, unit TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL, "
+    "calibration TEXT NOT NULL, config_version TEXT NOT NULL, stored_ms INTEGER NOT NULL, hash BLOB)",
+    "CREATE INDEX readings_by_point_time ON readings (instrument, point, ts_ms)",
+    "CREATE TABLE messages (id INTEGER NOT NULL PRIMARY KEY, stream TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "kind TEXT NOT NULL, instrument TEXT NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL, "
+    "created_ms INTEGER NOT NULL, UNIQUE (stream, seq))",
+    "CREATE TABLE pending (message_id INTEGER NOT NULL PRIMARY KEY)",
+    "CREATE TABLE streams (stream TEXT NOT NULL PRIMARY KEY, last_seq INTEGER NOT NULL)",
+    "CREATE TABLE records (id INTEGER NOT NULL PRIMARY KEY, kind TEXT NOT NULL, instrument TEXT NOT NULL, "
+    "point TEXT NOT NULL, ts_ms INTEGER NOT NULL, body TEXT NOT NULL, config_version TEXT NOT NULL, "
+    "stored_ms INTEGER NOT NULL)",
+    "CREATE INDEX records_by_point ON records (kind, instrument, point, ts_ms)",
+    "CREATE TABLE ingested (sha256 TEXT NOT NULL PRIMARY KEY, name TEXT NOT NULL, stored_ms INTEGER NOT NULL)",
+    "CREATE TABLE rules_state (instrument TEXT NOT NULL, point TEXT NOT NULL, hwm INTEGER NOT NULL, "
+    "state TEXT NOT NULL, stored_ms INTEGER NOT NULL, PRIMARY KEY (instrument, point))",
+    "INSERT INTO meta VALUES ('schema_version', '4')",
+    "INSERT INTO meta VALUES ('epoch', '0123456789abcdef0123456789abcdef')",
+]
+
+
+def test_a_version_4_store_migrates_to_integer_coded_readings_with_every_row_and_message_intact(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    rows = []
+    qualities = [("good", ""), ("bad", "timeout"), ("uncertain", "over_range"), ("bad", "code:BadSensorFailure")]
+    for i in range(1, 301):
+        q, r = qualities[i % 4] if i % 7 == 0 else ("good", "")
+        rows.append((i, f"I{i % 3}", f"p{i % 5}", 1_795_000_000_000 + i * 10, None if r == "timeout" else i / 7,
+                     "kW" if i % 5 else "%vol", q, r, ["valid", "due_soon", "expired", "unknown"][i % 4],
+                     "cfgA" if i <= 150 else "cfgB", 1_000 + i // 10, None))
+    with sqlite3.connect(path) as db:
+        for statement in V4_DDL:
+            db.execute(statement)
+        db.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        # one message per 10 readings (ids in order); the first 20 delivered, the last 10 pending
+        for m in range(30):
+            first, last = m * 10 + 1, m * 10 + 10
+            db.execute("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)",
+                       (m + 1, "I0/readings", m + 1, "readings", "I0", first, last, rows[last - 1][10]))
+        db.executemany("INSERT INTO pending VALUES (?)", [(m,) for m in range(21, 31)])
+        db.execute("INSERT INTO streams VALUES ('I0/readings', 30)")
+    store = Store(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert db.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()[0] == "view"
+        after = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
+    # every column of every row as it was, the commit time and configuration version now per message
+    assert after == [(*r[:10], rows[(r[0] - 1) // 10 * 10 + 9][10], None) for r in rows]
+    assert [o.seq for o in store.begin(100)] == list(range(21, 31))  # the undelivered messages, unchanged
+    store.commit([reading("I0", 0)], now_ms=2_000, per_message=10)
+    assert [o.seq for o in store.begin(100)] == [31]  # seq and ids carry on
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT id FROM readings ORDER BY id DESC LIMIT 1").fetchone()[0] == 301
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_integer_coded_rows_read_back_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path, config_version="cfg1")
+    rs = [Reading("A", "co2", 1_795_000_000_000 + i, v, u, q, r, c)
+          for i, (v, u, q, r, c) in enumerate([
+              (1.5, "%vol", Quality.GOOD, "", Calibration.VALID),
+              (None, "%vol", Quality.BAD, "timeout", Calibration.EXPIRED),
+              (2.25, "mg/m3", Quality.UNCERTAIN, "over_range", Calibration.DUE_SOON),
+              (3.0, "%vol", Quality.BAD, "code:BadSensorFailure", Calibration.UNKNOWN)])]
+    store.commit(rs, now_ms=42, per_message=10)
+    store.close()
+    with sqlite3.connect(path) as db:
+        got = db.execute("SELECT instrument, point, ts_ms, value, unit, quality, reason, calibration, config_version, "
+                         "stored_ms FROM readings ORDER BY id").fetchall()
+    assert got == [(*r, "cfg1", 42) for r in rs]
+    store = Store(path)
+    assert store.last_readings([("A", "co2")]) == {("A", "co2"): (1_795_000_000_003, 1_795_000_000_000)}
+    store.close()
