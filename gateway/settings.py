@@ -214,6 +214,9 @@ class StoreSettings(Strict):
     retention_days: float = Field(default=30.0, gt=0)  # delivered data only; undelivered is never pruned
     prune_interval_s: float = Field(default=600.0, gt=0)
     size_alarm_mb: float = Field(default=2048.0, gt=0)
+    # Parsed instrument files are cached beside the store (<store dir>/config-cache/, keyed by each
+    # file's SHA-256): a large configuration starts in seconds. Off: every start parses every file.
+    config_cache: bool = True
     # Retention by size: delivered readings are pruned oldest first to keep the store's used size
     # under this (undelivered data never); None = by age only.
     max_size_mb: float | None = Field(default=None, gt=0)
