@@ -25,7 +25,7 @@ from simulators.runner import build_servers
 from tests.helpers import Recorder, three_meters, write_config
 from tests.system.conftest import assert_status_schema, wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks", "in_process_log")
 
 
 class BrokenDevice:
