@@ -325,6 +325,9 @@ class Gateway:
             instruments[spec.id] = drv.health.status()
             if task is not None and task.state == FAILED:
                 instruments[spec.id].update(state="failed", last_error=task.error)
+        for body in instruments.values():
+            if body["state"] == "ok" and not body["polls"]:
+                body["state"] = "starting"  # nothing read yet: not `ok` (observation 7)
         return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
                 "clock": self.timekeeper.status(), "overload": self.overload.status()}
 
