@@ -156,6 +156,8 @@ class Gateway:
                     held, self._held = self._held, []
                     store.commit(self._mark(held + queue.take(len(queue))), now_ms=self.clock.wall_ms(),
                                  per_message=st.mqtt.readings_per_message)  # with the acks the store holds
+                if failure is not None:
+                    forwarder.store_failed(failure)  # the retained status says why, then `offline`
                 forwarder.shutdown()
                 if failure is None:
                     store.flush()

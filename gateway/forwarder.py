@@ -281,6 +281,12 @@ class Forwarder:
                 self.stats.published += 1
             self.stats.outstanding = sum(1 for m in self._outstanding.values() if m is not None)
 
+    def store_failed(self, err: BaseException) -> None:
+        """The store writer failed (the process is stopping): say so on the status topic before going offline."""
+        if self.stats.connected and not self._closing:
+            self._set_state("store_failed", f"store failed, stopping: {err}")
+            self._publish_status()
+
     def shutdown(self, *, timeout_s: float = 2.0) -> None:
         """Clean stop: announce offline (retained) and disconnect; in-flight messages stay pending."""
         self._closing = True

@@ -96,6 +96,12 @@ def start_gateway(config_dir: Path, log: Path, *args: str, **popen: Any) -> subp
                                 stderr=err, **popen)
 
 
+async def wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """Wait for a gateway subprocess without blocking the loop (simulators may run in it)."""
+    await wait_until(lambda: proc.poll() is not None, timeout_s)
+    return proc.poll()
+
+
 def stop_gateway(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
     if proc.poll() is None:
         proc.terminate()
@@ -134,7 +140,6 @@ def assert_delivered_equals_committed(db: Path, readings: list[dict[str, Any]]) 
     extra = sorted(set(got) - set(store))
     assert not lost, f"{len(lost)} committed messages neither delivered nor pending, e.g. {lost[:5]}"
     assert not extra, f"{len(extra)} delivered messages the store does not have, e.g. {extra[:5]}"
-    assert len(missing) <= max(10, len(store) // 10), f"{len(missing)} of {len(store)} still undelivered"
     for key, rows in store.items():
         if key in got:
             assert as_rows(got[key]) == rows, key
