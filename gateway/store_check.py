@@ -21,7 +21,8 @@ from gateway.store import Store, check_lines, run_check
 
 # Tables copied by `recover`, parents first. `meta` is merged by key (the new store keeps its own epoch and
 # schema version).
-TABLES = ("series", "labels", "samples", "readings", "records", "messages", "pending", "streams", "ingested")
+TABLES = ("series", "labels", "samples", "readings", "records", "messages", "pending", "streams", "ingested",
+          "rules_state")
 # How the report names a table: the integer-coded `samples` are the store's readings (schema 5); a
 # `readings` table (an older store) is copied through the view of the same name, which codes each row.
 REPORT_NAMES = {"samples": "readings"}
@@ -85,7 +86,7 @@ class RecoverReport:
     epoch: str
     tables: dict[str, TableReport] = field(default_factory=dict)
     dangling_pending: int = 0
-    unreadable_schema: str | None = None
+    emptied_pending: int = 0
 
     def lines(self) -> list[str]:
         out = [f"new store epoch {self.epoch} (was {self.source_epoch or 'unknown'})"]
@@ -98,6 +99,9 @@ class RecoverReport:
             out.append(line)
         if self.dangling_pending:
             out.append(f"pending: {self.dangling_pending} entries dropped (their message was lost)")
+        if self.emptied_pending:
+            out.append(f"pending: {self.emptied_pending} messages dropped (all their rows were lost: their seqs "
+                       f"stay holes)")
         return out
 
 
@@ -200,6 +204,14 @@ def recover(source: Path, target: Path) -> RecoverReport:
             # let a seq be used twice.
             report.dangling_pending = dst.execute(
                 "DELETE FROM pending WHERE message_id NOT IN (SELECT id FROM messages)").rowcount
+            # A pending message whose rows were all lost cannot be published (a message has at least one
+            # reading or record): its seq stays a hole, which subscribers see as lost data.
+            report.emptied_pending = dst.execute(
+                "DELETE FROM pending WHERE message_id IN (SELECT m.id FROM messages m JOIN pending p "
+                "ON p.message_id = m.id WHERE CASE WHEN m.kind = 'readings' "
+                "THEN NOT EXISTS (SELECT 1 FROM samples r WHERE r.id BETWEEN m.first_id AND m.last_id) "
+                "ELSE NOT EXISTS (SELECT 1 FROM records c WHERE c.id BETWEEN m.first_id AND m.last_id) END)"
+            ).rowcount
             dst.execute("INSERT INTO streams (stream, last_seq) SELECT stream, MAX(seq) FROM messages WHERE true "
                         "GROUP BY stream ON CONFLICT(stream) DO UPDATE SET "
                         "last_seq = MAX(last_seq, excluded.last_seq)")

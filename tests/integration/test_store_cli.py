@@ -114,6 +114,7 @@ def test_store_recover_copies_every_readable_row_into_a_new_store_with_a_new_epo
     store = Store(new)
     pending = store.pending(limit=100_000)
     assert pending
+    assert all(store.message_rows(m) for m in pending)  # no message left that has nothing to publish
     last_seq = max(m.seq for m in pending)
     store.commit([reading("A", 1)], now_ms=2, per_message=1)
     assert max(m.seq for m in store.pending(limit=100_000)) == last_seq + 1
@@ -136,3 +137,28 @@ def test_store_backup_is_a_consistent_copy_with_a_new_epoch_while_the_store_is_o
     assert epoch_of(copy) != epoch_of(db)
     assert f"{copy}: backup of {db}, epoch {epoch_of(copy)}" in out.stdout
     assert cli("store", "check", "--store", str(copy)).returncode == 0
+
+
+def test_recover_drops_pending_messages_whose_rows_were_all_lost(tmp_path: Path) -> None:
+    """A message with nothing left to publish would stop the encoder; its seq stays a visible hole."""
+    from gateway.store_check import recover
+
+    db, new = tmp_path / "gw.db", tmp_path / "new.db"
+    store = Store(db)
+    store.commit([reading("A", i) for i in range(6)], now_ms=1, per_message=2)  # seqs 1..3
+    store.close()
+    with sqlite3.connect(db) as conn:  # the rows of seq 2 were on a page that did not survive
+        conn.execute("DELETE FROM readings WHERE id IN (3, 4)")
+    report = recover(db, new)
+    assert report.emptied_pending == 1
+    assert "pending: 1 messages dropped (all their rows were lost: their seqs stay holes)" in report.lines()
+    store = Store(new)
+    assert [m.seq for m in store.pending(limit=10)] == [1, 3]
+    store.close()
+
+
+def test_recover_knows_every_table_of_the_schema() -> None:
+    from gateway.store_check import TABLES
+    from gateway.store_schema import metadata
+
+    assert {t.name for t in metadata.sorted_tables} - {"meta"} <= set(TABLES)
