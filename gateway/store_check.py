@@ -78,6 +78,8 @@ class TableReport:
     damaged_regions: int = 0
     unreadable_rows: int = 0  # rows (or ids) that failed one by one inside damaged regions
     refused: int = 0  # read but not valid for the new store (e.g. a NULL where one is not allowed)
+    # rowid spans [lo, hi) (hi None: to the end) that could not be read in full
+    damaged_spans: list[tuple[int, int | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +89,9 @@ class RecoverReport:
     tables: dict[str, TableReport] = field(default_factory=dict)
     dangling_pending: int = 0
     emptied_pending: int = 0
+    repended: int = 0
+    rebuilt_messages: int = 0
+    rebuilt_rows: int = 0
 
     def lines(self) -> list[str]:
         out = [f"new store epoch {self.epoch} (was {self.source_epoch or 'unknown'})"]
@@ -99,6 +104,12 @@ class RecoverReport:
             out.append(line)
         if self.dangling_pending:
             out.append(f"pending: {self.dangling_pending} entries dropped (their message was lost)")
+        if self.repended:
+            out.append(f"pending: {self.repended} messages marked undelivered again (their delivery state was on "
+                       f"damaged pages)")
+        if self.rebuilt_messages:
+            out.append(f"messages: {self.rebuilt_messages} new messages for {self.rebuilt_rows} rows whose message "
+                       f"was lost (new seqs, pending)")
         if self.emptied_pending:
             out.append(f"pending: {self.emptied_pending} messages dropped (all their rows were lost: their seqs "
                        f"stay holes)")
@@ -130,6 +141,7 @@ def _rows(src: sqlite3.Connection, table: str, cols: list[str], report: TableRep
         base = max(pos, 0)  # the gateway's rowids are positive
         while True:
             if step >= 2**62:
+                report.damaged_spans.append((base + 1, None))
                 return  # nothing readable after the damage
             probe = base + step
             try:
@@ -138,6 +150,7 @@ def _rows(src: sqlite3.Connection, table: str, cols: list[str], report: TableRep
                 break
             except sqlite3.DatabaseError:
                 step *= 2
+        report.damaged_spans.append((base + 1, probe if found is not None else None))
         for rowid in range(max(base + 1, tried_to, probe - MAX_POINT_LOOKUPS), probe):
             try:
                 row = src.execute(f"SELECT {select} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
@@ -150,6 +163,53 @@ def _rows(src: sqlite3.Connection, table: str, cols: list[str], report: TableRep
         if found is None:
             return
         pos = probe - 1
+
+
+def _rebuild_lost_messages(dst: sqlite3.Connection, spans: list[tuple[int, int | None]],
+                           now_ms: int, per_message: int = 100) -> tuple[int, int]:
+    """Readings and records left without a message by damaged `messages` pages: cut into new messages
+    (one instrument's consecutive rows, new seqs of its stream), pending. Returns (messages, rows)."""
+    kinds = ["readings", *(k for (k,) in dst.execute("SELECT DISTINCT kind FROM records"))]
+    windows: list[tuple[str, int, int]] = []
+    for lo, hi in spans:  # message ids and row ids grow together: the lost rows lie between the neighbours
+        for kind in kinds:
+            below = dst.execute("SELECT MAX(last_id) FROM messages WHERE kind = ? AND id < ?", (kind, lo)).fetchone()[0]
+            above = None if hi is None else dst.execute(
+                "SELECT MIN(first_id) FROM messages WHERE kind = ? AND id >= ?", (kind, hi)).fetchone()[0]
+            windows.append((kind, below or 0, 2**62 if above is None else above))
+    seqs = dict(dst.execute("SELECT stream, last_seq FROM streams").fetchall())
+    next_id = int(dst.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]) + 1
+    made = rows_n = 0
+    uncovered = ("AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.kind = ? AND m.first_id <= {id} "
+                 "AND m.last_id >= {id})")
+    for kind, below, above in windows:
+        if kind == "readings":
+            rows = dst.execute("SELECT s.id, se.instrument FROM samples s JOIN series se ON se.id = s.series "
+                               "WHERE s.id > ? AND s.id < ? " + uncovered.format(id="s.id") + " ORDER BY s.id",
+                               (below, above, kind)).fetchall()
+        else:
+            rows = dst.execute("SELECT c.id, c.instrument FROM records c WHERE c.kind = ? AND c.id > ? AND c.id < ? "
+                               + uncovered.format(id="c.id") + " ORDER BY c.id", (kind, below, above, kind)).fetchall()
+        chunks: list[list[tuple[int, str]]] = []
+        for rid, instrument in rows:
+            last = chunks[-1][-1] if chunks else None
+            if last is None or last[0] != rid - 1 or last[1] != instrument or len(chunks[-1]) >= per_message:
+                chunks.append([])
+            chunks[-1].append((rid, instrument))
+        for chunk in chunks:
+            instrument = chunk[0][1]
+            stream = f"{instrument}/{kind}"
+            seqs[stream] = seqs.get(stream, 0) + 1
+            dst.execute("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, created_ms) "
+                        "VALUES (?,?,?,?,?,?,?,?)", (next_id, stream, seqs[stream], kind, instrument, chunk[0][0],
+                                                     chunk[-1][0], now_ms))
+            dst.execute("INSERT OR IGNORE INTO pending (message_id) VALUES (?)", (next_id,))
+            dst.execute("INSERT INTO streams (stream, last_seq) VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET "
+                        "last_seq = excluded.last_seq", (stream, seqs[stream]))
+            next_id += 1
+            made += 1
+            rows_n += len(chunk)
+    return made, rows_n
 
 
 def recover(source: Path, target: Path) -> RecoverReport:
@@ -200,8 +260,23 @@ def recover(source: Path, target: Path) -> RecoverReport:
                     dst.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
             dst.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('recovered_from', ?)",
                         (f"{source} epoch {source_epoch or 'unknown'} at {int(time.time() * 1000)}",))
-            # A lost message row leaves its pending entry naming nothing; a lost streams row must not
-            # let a seq be used twice.
+            # A lost streams row must not let a seq be used twice.
+            dst.execute("INSERT INTO streams (stream, last_seq) SELECT stream, MAX(seq) FROM messages WHERE true "
+                        "GROUP BY stream ON CONFLICT(stream) DO UPDATE SET "
+                        "last_seq = MAX(last_seq, excluded.last_seq)")
+            # When in doubt, send again: a message whose delivery state was on a damaged page of `pending`
+            # is undelivered (a duplicate under the new epoch costs less than a reading never sent).
+            pending_report = report.tables.get("pending")
+            for lo, hi in pending_report.damaged_spans if pending_report else []:
+                report.repended += dst.execute(
+                    "INSERT OR IGNORE INTO pending (message_id) SELECT id FROM messages WHERE id >= ? AND id < ?",
+                    (lo, 2**62 if hi is None else hi)).rowcount
+            # Rows whose message was on a damaged page of `messages` get new messages (new seqs), pending.
+            messages_report = report.tables.get("messages")
+            if messages_report and messages_report.damaged_spans:
+                report.rebuilt_messages, report.rebuilt_rows = _rebuild_lost_messages(
+                    dst, messages_report.damaged_spans, int(time.time() * 1000))
+            # A lost message row leaves its pending entry naming nothing.
             report.dangling_pending = dst.execute(
                 "DELETE FROM pending WHERE message_id NOT IN (SELECT id FROM messages)").rowcount
             # A pending message whose rows were all lost cannot be published (a message has at least one
