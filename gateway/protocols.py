@@ -21,6 +21,7 @@ from gateway.schema_base import PointBase
 BUILTIN: tuple[str, ...] = (
     "drivers.modbus.plugin",
     "drivers.opcua.plugin",
+    "drivers.dlt645.plugin",
 )
 
 
