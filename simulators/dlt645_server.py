@@ -10,8 +10,11 @@ settable while serving): `timeout` (never answer), `bad_checksum`, `truncated`, 
 
     python -m simulators.dlt645_server --pty /tmp/ttyV1 --meter 000012345678 [--meter ...]
     python -m simulators.dlt645_server --tcp 127.0.0.1:8899 --meter 000012345678 --fault 000012345678=error:0x02
+    python -m simulators.dlt645_server --pty /tmp/ttyV1 --config CONFIG_DIR
 
-serve the bundled `dlt645_three_phase` profile (docs/dlt645.md).
+serve the bundled `dlt645_three_phase` profile at the given addresses, or every serial DL/T 645
+instrument of CONFIG_DIR with its own points and address (docs/dlt645.md). `carbon-gateway simulate`
+serves the loopback `dlt645_over_tcp` instruments of a configuration through build_simulators().
 """
 
 from __future__ import annotations
@@ -158,6 +161,32 @@ def profile_points(path: Path = PROFILE) -> list[dict[str, Any]]:
     return list(tree["points"])
 
 
+def meter_for_spec(spec: Any, *, seed: int = 1, start_s: float | None = None) -> SimulatedMeter:
+    """The simulated meter of a configured DL/T 645 instrument (a gateway.instruments.InstrumentSpec):
+    every point of its profile plus overrides (a real meter answers every DI it has, whatever the
+    instrument reads), at its configured address."""
+    from gateway.registry import device_points, load_profiles
+
+    points = [{"name": p.name, "di": p.di, "scale": p.scale, "offset": p.offset, "simulate": p.simulate}
+              for p in device_points(spec.model, load_profiles()[0]) if getattr(p, "di", None) is not None]
+    return meter_from_points(spec.connection.address, points, seed=seed, start_s=start_s)
+
+
+def build_simulators(specs: Sequence[Any], *, seed: int = 1) -> list[Dlt645TcpServer]:
+    """`carbon-gateway simulate`: one TCP server per loopback `dlt645_over_tcp` endpoint with its
+    meters (serial `dlt645` buses are served with `--pty`, see main())."""
+    servers: dict[tuple[str, int], Dlt645TcpServer] = {}
+    for i, spec in enumerate(specs):
+        c = spec.connection
+        if c.protocol != "dlt645_over_tcp" or not c.is_loopback:
+            continue
+        srv = servers.setdefault((c.host, c.port), Dlt645TcpServer(c.host, c.port, []))
+        meter = meter_for_spec(spec, seed=seed + i)
+        srv.meters.append(meter)
+        srv.instruments[spec.id] = meter
+    return list(servers.values())
+
+
 class Dlt645Bus:
     """The meters on one line: bytes in, answers out (no I/O; the servers below move the bytes)."""
 
@@ -218,7 +247,11 @@ class _Server:
         self.meters = list(meters)
         self.update_interval_s = update_interval_s
         self.echo = False  # knob: send every received byte back first, like a 2-wire adapter that hears itself
+        self.instruments: dict[str, SimulatedMeter] = {}  # by instrument id, when built from a configuration
         self._ticker: asyncio.Task[None] | None = None
+
+    def apply_fault(self, instrument_id: str, knob: str, arg: int | None) -> None:
+        apply_fault(self.instruments[instrument_id], knob, arg)
 
     def by_address(self, nameplate: str) -> SimulatedMeter:
         return next(m for m in self.meters if m.nameplate == nameplate.rjust(12, "0"))
@@ -257,7 +290,7 @@ class Dlt645SerialServer(_Server):
         self.port = port
         self.settings = {"baudrate": baudrate, "parity": parity, "stopbits": stopbits, "bytesize": bytesize}
         self._serial: Any = None
-        self._bus = Dlt645Bus(self.meters)
+        self._bus = Dlt645Bus(())
 
     async def start(self) -> None:
         import serial
@@ -266,6 +299,7 @@ class Dlt645SerialServer(_Server):
             self._serial = serial.serial_for_url(self.port, timeout=0, **self.settings)
         except (serial.SerialException, OSError) as err:
             raise RuntimeError(f"cannot open {self.port}: {err}") from err
+        self._bus = Dlt645Bus(self.meters)
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._readable)
         self._start_ticker()
 
@@ -304,6 +338,10 @@ class Dlt645TcpServer(_Server):
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
+    @property
+    def label(self) -> str:
+        return f"dlt645_over_tcp://{self.host}:{self.port} (DL/T 645 meters behind a serial-to-TCP gateway)"
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, self.host, self.port)
         if self.port == 0:
@@ -340,21 +378,36 @@ class Dlt645TcpServer(_Server):
             self._server = None
 
 
-_KNOBS = ("timeout", "bad_checksum", "truncated", "garbled", "frozen", "error")
+KNOBS = ("timeout", "bad_checksum", "truncated", "garbled", "frozen", "error")
 
 
 def apply_fault(meter: SimulatedMeter, knob: str, arg: int | None) -> None:
     if knob == "error":
         meter.faults.error = ERR_NO_DATA if arg is None else arg
-    elif knob in _KNOBS:
+    elif knob in KNOBS:
         setattr(meter.faults, knob, True)
     else:
-        raise ValueError(f"unknown knob {knob!r}; expected one of {', '.join(_KNOBS)}")
+        raise ValueError(f"unknown knob {knob!r}; expected one of {', '.join(KNOBS)}")
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    points = profile_points()
-    meters = [meter_from_points(a, points, seed=args.seed + i) for i, a in enumerate(args.meter)]
+    if args.config is not None:
+        from gateway.errors import ConfigErrors
+        from gateway.registry import load_config
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigErrors as err:
+            print(err, file=sys.stderr)
+            return 2
+        meters = [meter_for_spec(s, seed=args.seed + i) for i, s in enumerate(cfg.instruments)
+                  if s.connection.protocol == ("dlt645" if args.pty else "dlt645_over_tcp") and s.polled]
+    else:
+        points = profile_points()
+        meters = [meter_from_points(a, points, seed=args.seed + i) for i, a in enumerate(args.meter)]
+    if not meters:
+        print("no meter to simulate: give --meter, or --config with DL/T 645 instruments", file=sys.stderr)
+        return 2
     by_plate = {m.nameplate: m for m in meters}
     for item in args.fault:
         plate, _, rest = item.partition("=")
@@ -396,9 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", help="serial port to serve (the far end of the gateway's)")
     where.add_argument("--tcp", help="HOST:PORT to listen on, as a transparent serial-to-TCP gateway")
-    ap.add_argument("--meter", action="append", required=True, help="meter address, up to 12 digits (repeatable)")
+    ap.add_argument("--meter", action="append", default=[], help="meter address, up to 12 digits (repeatable)")
+    ap.add_argument("--config", type=Path, help="serve the DL/T 645 instruments of this configuration directory "
+                    "(with --pty: the serial `dlt645` ones; with --tcp: the `dlt645_over_tcp` ones)")
     ap.add_argument("--fault", action="append", default=[], metavar="ADDRESS=KNOB[:ARG]",
-                    help=f"knobs: {', '.join(_KNOBS)}")
+                    help=f"knobs: {', '.join(KNOBS)}")
     ap.add_argument("--baudrate", type=int, default=2400)
     ap.add_argument("--parity", default="E", choices=("N", "E", "O"))
     ap.add_argument("--seed", type=int, default=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import socket
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from drivers.modbus.plugin import to_modbus_point
 from gateway.errors import ConfigError, ConfigErrors, GatewayError
 from gateway.instruments import InstrumentSpec
+from gateway.protocols import PROTOCOLS
 from gateway.registry import Config, device_points, load_profiles
 from gateway.registry_schema import ProfileModel
 from gateway.shutdown import stop_on_signals
@@ -35,14 +37,30 @@ class FaultSpec:
     arg: int | None = None
 
 
+def _simulator_modules() -> list[Any]:
+    """Protocol simulators that plug in by convention: `simulators/<plugin name>_server.py` defining
+    `build_simulators(specs, seed=) -> [server]` (each with `start()`, `stop()`, `host`, `port`,
+    `label`, `instruments` {id: device} and `apply_fault(id, knob, arg)`) and its `KNOBS`."""
+    modules = []
+    for plugin in PROTOCOLS.plugins:
+        try:
+            module = importlib.import_module(f"simulators.{plugin.name}_server")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "build_simulators"):
+            modules.append((plugin.name, module))
+    return modules
+
+
 def parse_faults(items: Sequence[str]) -> list[FaultSpec]:
     out: list[FaultSpec] = []
     errors: list[ConfigError] = []
+    knobs = tuple(dict.fromkeys([*KNOBS, *(k for _, m in _simulator_modules() for k in getattr(m, "KNOBS", ()))]))
     for item in items:
         inst, _, rest = item.partition("=")
         knob, _, arg = rest.partition(":")
-        if not inst or knob not in KNOBS:
-            errors.append(ConfigError(f"'{item}': expected ID=KNOB[:ARG] with KNOB one of {', '.join(KNOBS)}",
+        if not inst or knob not in knobs:
+            errors.append(ConfigError(f"'{item}': expected ID=KNOB[:ARG] with KNOB one of {', '.join(knobs)}",
                                       file="--fault"))
             continue
         try:
@@ -140,20 +158,34 @@ def busy_ports(endpoints: Sequence[tuple[str, int]]) -> list[str]:
     return busy
 
 
+def plugin_simulators(cfg: Config, *, seed: int = 1) -> list[Any]:
+    """The servers of the protocols that plug their simulator in by convention (_simulator_modules)."""
+    out: list[Any] = []
+    for name, module in _simulator_modules():
+        specs = [s for s in cfg.instruments if s.protocol == name and s.polled and s.connection.is_loopback]
+        if specs:
+            out.extend(module.build_simulators(specs, seed=seed))
+    return out
+
+
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
                          seed: int = 1) -> int:
     servers = build_servers(cfg, seed=seed)
     ua = [s for s in cfg.instruments if s.protocol == "opcua" and s.connection.is_loopback]
-    if not servers and not ua:
+    others = plugin_simulators(cfg, seed=seed)
+    if not servers and not ua and not others:
         print("no instrument of this configuration has a loopback address: nothing to simulate")
         return 2
     by_id = {iid: (srv, dev) for srv, devs in servers.values() for iid, dev in devs.items()}
     ua_ids = {s.id for s in ua}
-    unknown = [f.instrument for f in faults if f.instrument not in by_id and f.instrument not in ua_ids]
+    other_ids = {iid: srv for srv in others for iid in srv.instruments}
+    unknown = [f.instrument for f in faults
+               if f.instrument not in by_id and f.instrument not in ua_ids and f.instrument not in other_ids]
     if unknown:
         raise ConfigErrors([ConfigError(f"no simulated instrument '{u}'", file="--fault") for u in unknown])
     endpoints = [(srv.host, srv.port) for srv, _ in servers.values()]
     endpoints += [(s.connection.host, s.connection.port) for s in ua]
+    endpoints += [(srv.host, srv.port) for srv in others]
     busy = busy_ports(endpoints)
     if busy:
         raise GatewayError(f"cannot listen on {', '.join(busy)}: stop what uses the port or change it "
@@ -167,8 +199,22 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
                 await other.stop()
             raise GatewayError(f"cannot listen on {endpoint}: {err}") from None
         started.append(srv)
+    for srv in others:
+        try:
+            await srv.start()
+        except (OSError, RuntimeError) as err:
+            for other in started:
+                await other.stop()
+            raise GatewayError(f"cannot listen on {srv.label}: {err}") from None
+        started.append(srv)
     for f in faults:
         if f.instrument in ua_ids:
+            continue
+        if f.instrument in other_ids:
+            try:
+                other_ids[f.instrument].apply_fault(f.instrument, f.knob, f.arg)
+            except ValueError as err:
+                raise ConfigErrors([ConfigError(f"{f.instrument}: {err}", file="--fault")]) from None
             continue
         srv, dev = by_id[f.instrument]
         if f.knob == "refuse":
@@ -191,6 +237,8 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
         print(f"simulating {', '.join(devs)} on {endpoint}", flush=True)
     for spec, sim in zip(ua, ua_sims, strict=True):
         print(f"simulating {spec.id} on {sim.endpoint} (OPC UA CEMS analyzer)", flush=True)
+    for srv in others:
+        print(f"simulating {', '.join(srv.instruments)} on {srv.label}", flush=True)
     print("simulators ready", flush=True)
     try:
         with stop_on_signals() as stop, contextlib.suppress(TimeoutError):
@@ -201,4 +249,6 @@ async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), durat
             await srv.stop()
         for sim in ua_sims:
             await sim.stop()
+        for srv in others:
+            await srv.stop()
     return 0
