@@ -8,6 +8,7 @@ quality-assured (missing-data.md §4). Totalizers are aggregated by totalizer.py
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,8 +212,15 @@ def summarize(summary: PeriodSummary, *, cadence_ms: int, rule: PeriodRule | Non
             assert summary.valid_hi_ms is not None
             valid = n_valid >= 2 and summary.valid_hi_ms - summary.valid_lo_ms >= QUADRANT_MS
     else:
-        valid = n_valid > 0 and min(Fraction(n_valid, possible), Fraction(1)) >= rule.min_fraction
+        valid = n_valid > 0 and _share(n_valid, possible)[0] >= rule.min_fraction
     mean = summary.mean() if valid else None
+    _exact, share, share_text = _share(n_valid, possible)
+    return PeriodAggregate(start_ms, start_ms + period_ms, summary.count, n_valid, possible, share,
+                           share_text, valid, mean, summary.minimum, summary.maximum, rule.kind, relaxed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _share(n_valid: int, possible: int) -> tuple[Fraction, float, str]:
+    """valid / possible capped at 1, as (exact, float, text): points closing together mostly share it."""
     share = min(Fraction(n_valid, possible), Fraction(1))
-    return PeriodAggregate(start_ms, start_ms + period_ms, summary.count, n_valid, possible, float(share),
-                           fraction_text(share), valid, mean, summary.minimum, summary.maximum, rule.kind, relaxed)
+    return share, float(share), fraction_text(share)

@@ -243,7 +243,8 @@ class RunningTotal:
                 if amount is None:
                     a.resets += 1
                     continue
-                a.amount += amount * Fraction(overlap, duration)
+                # Exact either way; the common increment inside one period needs no split.
+                a.amount += amount if overlap == duration else amount * Fraction(overlap, duration)
                 a.covered_ms += overlap
                 a.recovered = a.recovered or recovered
                 a.interpolated = a.interpolated or (recovered and overlap < duration)
