@@ -191,7 +191,8 @@ class Dlt645Bus:
     """The meters on one line: bytes in, answers out (no I/O; the servers below move the bytes)."""
 
     def __init__(self, meters: Iterable[SimulatedMeter]) -> None:
-        self.meters = list(meters)
+        # The server's own list when given one, so meters may join or leave the line while serving.
+        self.meters = meters if isinstance(meters, list) else list(meters)
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:

@@ -158,6 +158,8 @@ class SerialLink(Link):
         return self._serial is not None and self.lost is None
 
     async def open(self) -> None:
+        import termios
+
         import serial
 
         self.close()
@@ -165,7 +167,8 @@ class SerialLink(Link):
         self.buffer.clear()
         try:
             ser = serial.serial_for_url(self.port, timeout=0, write_timeout=2, **self.settings)
-        except (serial.SerialException, OSError, ValueError) as err:
+        except (serial.SerialException, OSError, ValueError, termios.error) as err:
+            # termios.error: the driver refuses the line settings (e.g. a pseudo-terminal reopened with parity)
             raise TransientDriverError(f"{self.name}: cannot open serial port: {err}") from err
         self._serial = ser
         asyncio.get_running_loop().add_reader(ser.fileno(), self._readable)

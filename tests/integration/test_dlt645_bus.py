@@ -246,3 +246,40 @@ async def test_tcp_gateway_down_is_no_communication() -> None:
         await conn.read(device(A1))
     assert info.value.reason == "no_communication"
     await conn.close()
+
+
+async def test_discover_command_prints_the_address(pty_pair: SocatPtyPair, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from drivers.dlt645.discover import main as discover_main
+
+    # Parity N: a Linux pseudo-terminal refuses a second open with parity set (termios EINVAL); real
+    # UARTs do not, and the driver turns that refusal into a no_communication DriverError anyway.
+    srv = Dlt645SerialServer(str(pty_pair.a), [meter(A2)], parity="N", update_interval_s=3600)
+    await srv.start()
+    cmd = [str(pty_pair.b), "--timeout", "0.5", "--parity", "N"]
+    try:
+        assert await asyncio.to_thread(discover_main, cmd) == 0
+        assert capsys.readouterr().out.strip() == A2
+        srv.meters.append(meter(A1))  # a second meter on the line: the answers collide
+        assert await asyncio.to_thread(discover_main, cmd) == 1
+        assert "[bad_frame]" in capsys.readouterr().err
+    finally:
+        await srv.stop()
+    tcp = Dlt645TcpServer("127.0.0.1", 0, [meter(A1)], update_interval_s=3600)
+    await tcp.start()
+    try:
+        assert await asyncio.to_thread(discover_main, [f"tcp://127.0.0.1:{tcp.port}"]) == 0
+        assert capsys.readouterr().out.strip() == A1
+    finally:
+        await tcp.stop()
+    assert await asyncio.to_thread(discover_main, ["tcp://nowhere"]) == 2
+
+
+async def test_a_port_that_refuses_its_settings_is_a_driver_error(pty_pair: SocatPtyPair) -> None:
+    conn = serial_connection(str(pty_pair.b), parity="E")
+    await conn.open()
+    await conn.close()
+    with pytest.raises(TransientDriverError) as info:  # the pty refuses parity on the second open
+        await conn.open()
+    assert info.value.reason == "no_communication"

@@ -78,7 +78,8 @@ async def test_meters_on_a_pty_bus_and_behind_a_tcp_gateway(tmp_path: Path, pty_
     try:
         async with PollingHarness(cfg) as gw:
             assert len(gw.pollers) == 2  # the three serial meters share one bus, the TCP gateway is another
-            await gw.wait_for(lambda: all(len(gw.polls(i)) >= 2 for i in ("EM-01", "EM-02", "EM-03", "EM-04")))
+            await gw.wait_for(lambda: all(len(gw.polls(i)) >= 2 for i in ("EM-01", "EM-02", "EM-03", "EM-04")),
+                              timeout_s=30)
     finally:
         await tcp.stop()
         await bus.stop()
@@ -111,7 +112,7 @@ async def test_silent_meter_is_bad_timeout_and_backs_off(tmp_path: Path, pty_pai
     await bus.start()
     try:
         async with PollingHarness(cfg) as gw:
-            await gw.wait_for(lambda: len(gw.polls("EM-02")) >= 2 and len(gw.polls("EM-01")) >= 3)
+            await gw.wait_for(lambda: len(gw.polls("EM-02")) >= 2 and len(gw.polls("EM-01")) >= 3, timeout_s=30)
     finally:
         await bus.stop()
     assert {(r.quality, r.reason) for r in gw.of("EM-02")} == {(Quality.BAD, "timeout")}
