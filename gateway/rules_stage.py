@@ -187,7 +187,7 @@ class RulesStage:
     @staticmethod
     def _dump(st: _Point) -> str:
         v = st.validity
-        return json.dumps({"v": CHECKPOINT_VERSION, "period_start": st.period_start,
+        return json.dumps({"v": CHECKPOINT_VERSION, "period_ms": st.rules.period_ms, "period_start": st.period_start,
                            "summary": st.summary.to_json() if st.summary is not None else None,
                            "total": st.total.to_json() if st.total is not None else None,
                            "validity": [v.last_ts_ms, v.ref_value, v.ref_ts_ms, v.same_value, v.same_count,
@@ -195,23 +195,26 @@ class RulesStage:
 
     @staticmethod
     def _load(st: _Point, text: str) -> None:
-        d = json.loads(text)
-        if d.get("v") != CHECKPOINT_VERSION:
-            log.warning("%s.%s: rules checkpoint version %r not understood; the open period restarts empty",
-                        st.instrument.id, st.spec.name, d.get("v"))
+        try:
+            d = json.loads(text)
+            if d.get("v") != CHECKPOINT_VERSION:
+                raise ValueError(f"version {d.get('v')!r} not understood")
+            last_ts, ref_value, ref_ts, same_value, same_count, same_since = d["validity"]
+            validity = ValidityState(last_ts, ref_value, ref_ts, same_value, int(same_count), same_since)
+            same_period = d.get("period_ms") == st.rules.period_ms
+            summary = PeriodSummary.from_json(d["summary"]) if same_period and d.get("summary") else None
+            total = (RunningTotal.from_json(d["total"])
+                     if same_period and d.get("total") and st.rules.totalizer is not None else None)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s.%s: rules checkpoint not usable (%s); the open period restarts from the store",
+                        st.instrument.id, st.spec.name, err)
             return
-        if d["period_start"] is not None:
+        st.validity = validity
+        if not same_period:
+            return  # the period length changed with the configuration: the next period starts afresh
+        if d.get("period_start") is not None:
             st.period_start = int(d["period_start"])
-        summary = d.get("summary")
-        st.summary = PeriodSummary.from_json(summary) if summary is not None else None
-        if st.summary is not None and st.summary.period_ms != st.rules.period_ms:
-            st.summary = None  # the period length changed with the configuration: start the period afresh
-        total = d.get("total")
-        st.total = RunningTotal.from_json(total) if total is not None and st.rules.totalizer is not None else None
-        if st.total is not None and st.total.period_ms != st.rules.period_ms:
-            st.total = None
-        last_ts, ref_value, ref_ts, same_value, same_count, same_since = d["validity"]
-        st.validity = ValidityState(last_ts, ref_value, ref_ts, same_value, int(same_count), same_since)
+        st.summary, st.total = summary, total
 
     # -- per batch --------------------------------------------------------------------------------
 

@@ -112,3 +112,31 @@ def test_checkpoints_go_round_robin_over_every_point_changed_or_not(specs: list[
     seen = [next(iter(stage.checkpoint(1))) for _ in range(4)]  # nothing was fed: silent points too
     assert seen == [*points, *points]
     assert set(stage.checkpoint()) == set(points)
+
+
+def test_an_unusable_checkpoint_is_one_warning_and_the_store_is_the_fallback(
+        specs: list[InstrumentSpec], caplog: pytest.LogCaptureFixture) -> None:
+    stage = RulesStage(specs, now_ms=T0)
+    stage.restore("CEMS-01", "co2", [{"period_start": T0 - H, "period_end": T0, "valid": True, "mean": 1.0}], [],
+                  checkpoint='{"v": 1, "period_ms": 3600000, "validity": "garbage"}')
+    stage.restore("CEMS-01", "co2_total", [], [], checkpoint="{not json")
+    assert len([r for r in caplog.records if "checkpoint not usable" in r.getMessage()]) == 2
+    _, derived = stage.process([Reading("CEMS-01", "co2", T0 + MIN, 10.0, "%vol", Quality.GOOD, "",
+                                        Calibration.VALID)])
+    assert not [d for d in derived if d.kind == "aggregates"]  # the stored hour is not closed again
+
+
+def test_a_checkpoint_of_another_period_length_keeps_only_the_validity_state(specs: list[InstrumentSpec]) -> None:
+    stage = RulesStage(specs, now_ms=T0)
+    stage.process([Reading("CEMS-01", "co2", T0 + i * MIN, 10.0, "%vol", Quality.GOOD, "", Calibration.VALID)
+                   for i in range(5)])
+    text = stage.checkpoint()[("CEMS-01", "co2")].replace('"period_ms":3600000', '"period_ms":900000')
+    fresh = RulesStage(specs, now_ms=T0)
+    fresh.restore("CEMS-01", "co2", [], [], checkpoint=text)
+    out, _ = fresh.process([Reading("CEMS-01", "co2", T0 + 2 * MIN, 10.0, "%vol", Quality.GOOD, "",
+                                    Calibration.VALID)])
+    assert out[0].reason == "out_of_order"  # validity state restored: 4 min was the last timestamp
+    _, derived = fresh.process([Reading("CEMS-01", "co2", T0 + H + MIN, 10.0, "%vol", Quality.GOOD, "",
+                                        Calibration.VALID)])
+    # The old summary (5 readings) was dropped: the hour holds only the one reading fed after the restore.
+    assert [(d.body["count"], d.body["valid_count"]) for d in derived if d.kind == "aggregates"] == [(1, 0)]
