@@ -20,7 +20,7 @@ from gateway.forwarder import Forwarder
 from gateway.ingest import Ingest
 from gateway.instruments import InstrumentSpec
 from gateway.model import REASON_GATEWAY_FAULT, Derived, Reading
-from gateway.overload import OverloadMonitor
+from gateway.overload import LoopLag, OverloadMonitor
 from gateway.poller import ConnectionPoller, failed_samples
 from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
@@ -72,6 +72,7 @@ class Gateway:
     supervisor: Supervisor = field(init=False)
     timekeeper: TimeKeeper = field(init=False)
     overload: OverloadMonitor = field(default_factory=OverloadMonitor)
+    loop_lag: LoopLag = field(default_factory=LoopLag)  # the longest event-loop stall, on the status topic
     rules: RulesStage | None = field(default=None, init=False)  # the writer's, for tests and status
 
     def __post_init__(self) -> None:
@@ -121,6 +122,7 @@ class Gateway:
         sup.spawn("inbox", functools.partial(self._inbox, store, forwarder))
         sup.spawn("pruner", functools.partial(self._prune, store))
         sup.spawn("monitor", functools.partial(self._monitor, queue))
+        sup.spawn("loop lag", self.loop_lag.run)
         stopper = asyncio.create_task(stop.wait(), name="stop signal")
         fatal = asyncio.create_task(sup.wait_fatal(), name="fatal failure")
         auth = asyncio.create_task(self._first_connect(forwarder), name="broker login check")
@@ -331,7 +333,8 @@ class Gateway:
             if body["state"] == "ok" and not body["polls"]:
                 body["state"] = "starting"  # nothing read yet: not `ok` (observation 7)
         return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
-                "clock": self.timekeeper.status(), "overload": self.overload.status()}
+                "clock": self.timekeeper.status(), "overload": self.overload.status(),
+                "loop_lag": self.loop_lag.status()}
 
 
 def rules_hook(rules: RulesStage, name: str, *args: Any) -> list[Derived]:

@@ -16,6 +16,7 @@ not counted as communication failures per point).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,3 +97,33 @@ class OverloadMonitor:
 
     def status(self) -> dict[str, Any]:
         return {"active": self.active, "since": self.since_ms, "late_polls": self.late_polls}
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the longest stall of everything on the loop (issue 8: an
+    hour close that stalled the loop for 13 s went unseen). A task sleeps `interval_s` at a time and
+    records how much later than asked it woke. `status()` gives the longest lag since the previous
+    call (the previous status message) and since start; it is a measurement, it triggers nothing."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.max_s = 0.0  # since the previous status()
+        self.max_total_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.interval_s
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = loop.time() - before - interval
+            if lag > self.max_s:
+                self.max_s = lag
+                if lag > self.max_total_s:
+                    self.max_total_s = lag
+
+    def status(self) -> dict[str, Any]:
+        body = {"max_ms": round(self.max_s * 1000, 1), "max_ms_total": round(self.max_total_s * 1000, 1),
+                "probe_ms": round(self.interval_s * 1000, 1)}
+        self.max_s = 0.0
+        return body

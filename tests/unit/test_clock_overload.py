@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 
 import pytest
 
 from gateway.clock import FakeClock, SteppableClock, TimeKeeper, kernel_synchronised
-from gateway.overload import OverloadMonitor
+from gateway.overload import LoopLag, OverloadMonitor
 
 
 def test_steps_are_detected_slew_is_not(caplog: pytest.LogCaptureFixture) -> None:
@@ -104,3 +107,25 @@ def test_blocked_queue_and_loop_lag_count_as_overload() -> None:
     assert m.tick(now_ms=0, loop_lag_s=0.0, blocked_puts=5) is True
     assert m.tick(now_ms=0, loop_lag_s=0.0, blocked_puts=5) is False  # no new blocked puts
     assert m.tick(now_ms=0, loop_lag_s=2.0, blocked_puts=5) is True
+
+
+async def test_loop_lag_sees_a_stall_of_the_loop() -> None:
+    """A synchronous stretch on the loop (here 0.3 s of time.sleep) shows as the probe's lag: at least
+    the stall minus one probe interval, whatever else the machine does (a lower bound only)."""
+    probe = LoopLag(interval_s=0.02)
+    task = asyncio.create_task(probe.run())
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the stall: nothing else on the loop runs
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    first = probe.status()
+    assert set(first) == {"max_ms", "max_ms_total", "probe_ms"}
+    assert first["max_ms"] >= 300 - 20 - 1
+    assert first["probe_ms"] == 20
+    second = probe.status()  # the per-status maximum starts again; the total keeps the stall
+    assert second["max_ms"] == 0
+    assert second["max_ms_total"] == first["max_ms_total"] >= first["max_ms"]
