@@ -182,6 +182,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.watch import watch
 
         _check_url_arg(args.mqtt_url)
+        from gateway.settings import check_topic_prefix
+
+        try:
+            check_topic_prefix(args.prefix)
+        except ValueError as err:
+            raise ConfigError(str(err), file="--prefix") from None
         return watch(args.mqtt_url, args.prefix, duration_s=args.duration, until_instruments=args.until_instruments)
     if args.command == "schema":
         from gateway.config_schema import config_schemas, render

@@ -367,8 +367,11 @@ class ParseCache:
         key = self._key(data)
         self.used.add(key)
         try:
-            if not self.directory.parent.is_dir():
-                return  # the store's directory is created by the first run, not by a cache
+            parent = os.lstat(self.directory.parent)
+            if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != os.geteuid():
+                # The store's directory is created by the first run, not by a cache; and an admin running
+                # `validate` as root in the service's directory must not leave a cache the service cannot use.
+                return
             self.directory.mkdir(mode=0o700, exist_ok=True)
             if not self._private(os.lstat(self.directory), True):
                 return

@@ -109,6 +109,10 @@ def test_watch_with_a_bad_url() -> None:
     one_line(cli("watch", "--mqtt-url", "mqtt://127.0.0.1:70000", "--duration", "1"), 2, "--mqtt-url: ")
 
 
+def test_watch_with_a_bad_prefix() -> None:
+    one_line(cli("watch", "--prefix", "a/#", "--duration", "1"), 2, "--prefix: must not contain the MQTT wildcards")
+
+
 def test_simulate_on_a_port_in_use(tmp_path: Path, ports: tuple[int, int, int]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -88,3 +88,18 @@ def test_no_cache_when_turned_off_or_the_store_directory_does_not_exist(tmp_path
     load_config(tmp_path / "cfg")
     assert not (tmp_path / "new").exists()  # validate never creates the store's directory
     assert os.listdir(store.parent) == []
+
+
+def test_no_cache_in_a_store_directory_of_another_user(tmp_path: Path) -> None:
+    """`validate` run by an admin in the service's store directory leaves no cache the service cannot use."""
+    f = tmp_path / "a.yaml"
+    f.write_text("a: 1\n")
+    store_dir = tmp_path / "data"
+    store_dir.mkdir()
+    if os.geteuid() == 0:  # only root can hand the directory to another user (the case this is about)
+        os.chown(store_dir, 65534, -1)
+        assert load_yaml(f, cache=ParseCache(store_dir / "config-cache")) == {"a": 1}
+        assert not (store_dir / "config-cache").exists()
+        os.chown(store_dir, 0, -1)
+    assert load_yaml(f, cache=ParseCache(store_dir / "config-cache")) == {"a": 1}
+    assert len(entries(store_dir / "config-cache")) == 1
