@@ -1,0 +1,32 @@
+#!/bin/bash
+# The shared side-by-side harness (../shared/peer-bench: ThingsBoard IoT Gateway 3.8 vs carbon-gateway)
+# run against this checkout. The harness is not part of this repository: this script copies it from
+# $PEER_BENCH into $BENCH_TMP/harness, puts this folder's adapted generator and parser over its cg/
+# (the configuration format changed since the harness was written), and runs its run_tb.sh / run_cg.sh.
+#
+# Usage: bench/peer/run_peer.sh tb|cg LOAD [REPS]     LOAD = meters (x20 float32 points at 1 s)
+# Env:   PEER_BENCH (default /work/shared/peer-bench), BENCH_TMP (scratch root: reuses its tb_venv and
+#        harness_venv; results accumulate in $BENCH_TMP/results.jsonl and cg_extra.jsonl),
+#        CG_BIN (default: .venv/bin/carbon-gateway of this checkout), CG_ENCODER=json|json_compact,
+#        WARMUP, MEASURE and the rest of the harness's variables.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+PEER_BENCH="${PEER_BENCH:-/work/shared/peer-bench}"
+[ -f "$PEER_BENCH/bench.py" ] || { echo "run_peer.sh: no harness at PEER_BENCH=$PEER_BENCH" >&2; exit 2; }
+: "${BENCH_TMP:?set BENCH_TMP to a scratch directory (it keeps the ThingsBoard venv between runs)}"
+export BENCH_TMP
+which=${1:?usage: run_peer.sh tb|cg LOAD [REPS]}; shift
+H="$BENCH_TMP/harness"
+rm -rf "$H"; mkdir -p "$H"
+cp -r "$PEER_BENCH"/. "$H"/
+chmod -R u+w "$H"
+cp "$HERE/gen_cg_config.py" "$HERE/cg_parser.py" "$H/cg/"
+if [ -n "${CG_ENCODER:-}" ]; then  # the harness's SETUP line passes no encoder: append ours
+  sed -i "s|--synchronous \$SYNC\"|--synchronous \$SYNC --encoder $CG_ENCODER\"|" "$H/run_cg.sh"
+fi
+case "$which" in
+  tb) exec "$H/run_tb.sh" "$@" ;;
+  cg) export CG_BIN="${CG_BIN:-$REPO/.venv/bin/carbon-gateway}"; exec "$H/run_cg.sh" "$@" ;;
+  *) echo "run_peer.sh: tb or cg" >&2; exit 2 ;;
+esac
