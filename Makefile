@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := mosquitto socat
 
-.PHONY: demo test lint bench system-tools venv clean
+.PHONY: demo test lint bench bench-throughput system-tools venv clean
 
 demo: venv system-tools
 	$(VENV)/bin/python -m simulators.demo $(if $(DURATION),--duration $(DURATION))
@@ -20,7 +20,24 @@ test: venv system-tools
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# A short version of every plant benchmark (issue 8; docs/benchmarks.md): a soak across two period closes,
+# the overload ramp and a backlog drain at 100 meters, bytes per reading, start-up with 500 meters, and the
+# side-by-side comparison with ThingsBoard when the shared harness is there (PEER_BENCH, BENCH_TMP).
+# The full-size runs are in docs/benchmarks.md. A few minutes in all.
+PEER_BENCH ?= /work/shared/peer-bench
 bench: venv system-tools
+	$(VENV)/bin/python -m bench.plant short
+	$(VENV)/bin/python -m bench.footprint --readings 50000
+	$(VENV)/bin/python -m bench.startup --meters 500 --runs 1
+	@if [ -f "$(PEER_BENCH)/bench.py" ]; then \
+		tmp=$${BENCH_TMP:-$$(mktemp -d)}; \
+		echo "side by side with ThingsBoard (100 meters, 20 s windows) in $$tmp"; \
+		BENCH_TMP=$$tmp PEER_BENCH=$(PEER_BENCH) WARMUP=15 MEASURE=20 bench/peer/run_peer.sh tb 100 1 && \
+		BENCH_TMP=$$tmp PEER_BENCH=$(PEER_BENCH) WARMUP=15 MEASURE=20 bench/peer/run_peer.sh cg 100 1 && \
+		$(VENV)/bin/python bench/peer/summary.py $$tmp/results.jsonl; \
+	else echo "side by side with ThingsBoard skipped: no harness at PEER_BENCH=$(PEER_BENCH)"; fi
+
+bench-throughput: venv system-tools
 	$(VENV)/bin/python -m bench.throughput
 
 venv: $(STAMP)
