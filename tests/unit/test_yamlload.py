@@ -13,6 +13,7 @@ from gateway.errors import ConfigError
 from gateway.yamlload import LineDict, LineList, line_of, load_yaml, parse_yaml, read_config_bytes
 
 F = Path("t.yaml")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_yaml_1_2_core_schema() -> None:
@@ -95,3 +96,24 @@ def test_bytes_that_are_not_yaml_text(data: bytes, line: int, what: str, tmp_pat
     assert err.value.line == line
     assert what in err.value.message
     assert "\n" not in err.value.one_line()
+
+
+def test_the_direct_builder_matches_the_generic_constructor() -> None:
+    """Documents without anchors are built by plain recursion; it must give what PyYAML's constructor gives."""
+    import gateway.yamlload as y
+
+    text = (REPO / "config" / "instruments" / "boiler1.yaml").read_text() + (
+        "extra:\n  <<: {a: 1, b: 2}\n  b: 3\n  when: 2026-01-10\n  n: [.nan, 017, yes, ~, !!str 5, {x: [1, [2]]}]\n")
+
+    def shape(t: object) -> object:
+        if isinstance(t, LineDict):
+            return ("d", t.line, dict(t.key_lines), {k: shape(v) for k, v in t.items()})
+        if isinstance(t, LineList):
+            return ("l", t.line, list(t.item_lines), [shape(v) for v in t])
+        return repr(t)
+
+    loader = y._Loader(text)
+    generic = loader.construct_document(loader.get_single_node())
+    direct = parse_yaml(text, F)
+    assert shape(direct) == shape(generic)
+    assert direct["extra"]["b"] == 3
