@@ -89,6 +89,9 @@ class RulesStage:
         self._cycle: list[tuple[str, str]] = []  # checkpoint order (round-robin)
         self._cursor = 0
         self._overloaded = False
+        # No point needs tick() before this time (a lower bound; _FORCE: scan every point at the next tick).
+        # tick() runs at every commit: scanning 10,000 points 20 times a second cost ~18 us per reading.
+        self._tick_due = _FORCE
         self._overload_gaps: dict[str, int] = {}  # instrument -> start of its open gateway_overload gap
         last_readings = last_readings or {}
         for inst in instruments:
@@ -120,6 +123,7 @@ class RulesStage:
         st = self._points.get((instrument, point))
         if st is None:
             return
+        self._tick_due = _FORCE
         period = st.rules.period_ms
         if aggregates:
             st.period_start = st.closed_until = int(aggregates[-1]["period_end"])
@@ -145,6 +149,7 @@ class RulesStage:
         They update validity state and running summaries exactly as when they were first processed; they
         are not stored again and do not move the gap ledger (resumed from the store). A period they close
         is published only if the store does not hold it yet."""
+        self._tick_due = _FORCE
         for r in readings:
             st = self._points.get((r.instrument, r.point))
             if st is None:
@@ -250,15 +255,26 @@ class RulesStage:
             if events:
                 derived.extend(self._event(e) for e in events)
             derived.extend(self._add_sample(st, r))
+            due = _due(st)
+            if due < self._tick_due:
+                self._tick_due = due
         return out, derived
 
     def tick(self, now_ms: int) -> list[Derived]:
-        """Time passing without readings: open gaps, close periods that ended."""
+        """Time passing without readings: open gaps, close periods that ended.
+
+        Every point is looked at only when one of them is due (``_tick_due``): otherwise nothing can happen
+        and the result is the same empty list, without the O(points) walk."""
         derived: list[Derived] = []
+        if now_ms < self._tick_due:
+            return derived
+        forced = self._overloaded  # every tick while overloaded: the overload gap is per instrument
+        next_due = _NEVER
         for st in self._points.values():
             if st.step is not None:
                 if now_ms - st.step.now_ms <= st.rules.gaps.allowed_ms:
-                    continue  # readings taken before the step may still be queued
+                    forced = True  # readings taken before the step may still be queued
+                    continue
                 derived.extend(self._apply_step(st))
             if self._overloaded and not st.gap.is_open and now_ms - st.gap.reference_ms > st.rules.gaps.allowed_ms:
                 derived.extend(self._overload_open(st))
@@ -269,6 +285,10 @@ class RulesStage:
                 # A period closes once a reading could no longer belong to it (one cadence of slack).
                 while st.period_start + st.rules.period_ms + st.rules.cadence_ms <= now_ms:
                     derived.extend(self._close_period(st))
+            due = _due(st)
+            if due < next_due:
+                next_due = due
+        self._tick_due = _FORCE if forced else next_due
         return derived
 
     # -- overload and clock steps -----------------------------------------------------------------
@@ -285,6 +305,7 @@ class RulesStage:
         if active == self._overloaded:
             return out
         self._overloaded = active
+        self._tick_due = _FORCE
         if active:
             return out
         for instrument, start in self._overload_gaps.items():
@@ -316,6 +337,7 @@ class RulesStage:
         instrument records the step."""
         if delta_ms == 0:
             return []
+        self._tick_due = _FORCE
         out: list[Derived] = []
         step = _Step(delta_ms, now_ms, now_ms - delta_ms // 2)
         instruments: dict[str, None] = {}
@@ -493,6 +515,25 @@ class RulesStage:
     def _event(e: gaps.GapEvent) -> Derived:
         body = {"type": f"gap_{e.kind}", **e.to_json()}
         return Derived("events", e.instrument, e.point, e.end_ms if e.end_ms is not None else e.start_ms, body)
+
+
+_FORCE = -(1 << 62)
+_NEVER = 1 << 62
+
+
+def _due(st: _Point) -> int:
+    """The earliest time at which tick() could change this point: its gap opening (``now - reference >
+    allowed``), its period closing, or a pending clock step (then at once)."""
+    if st.step is not None:
+        return _FORCE
+    g = st.gap
+    due = _NEVER if g.open_start_ms is not None else g.reference_ms + st.rules.gaps.allowed_ms
+    ps = st.period_start
+    if ps is not None and st.rules.totalizer is None:
+        end = ps + st.rules.period_ms + st.rules.cadence_ms
+        if end < due:
+            due = end
+    return due
 
 
 def _trailing_gap(hist: Sequence[HourValue]) -> list[int]:
