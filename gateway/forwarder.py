@@ -178,12 +178,6 @@ class Forwarder:
         self._outstanding.clear()
         self.store.release(ids)
 
-    # -- compatibility ------------------------------------------------------------------------------
-
-    def take_acks(self) -> list[int]:
-        """Acks now go straight to the store (Store.ack); nothing is left for the writer to carry."""
-        return []
-
     def notify(self) -> None:
         """New messages were committed."""
         self._wake.set()
