@@ -110,6 +110,7 @@ class PlantSubscriber:
         self.duplicates = 0
         self.readings = 0
         self.messages = 0
+        self.payload_bytes = 0  # readings payloads, first copies
         self.per_sec: Counter[int] = Counter()  # receipt second -> readings (first copies)
         self.lag_max: dict[int, float] = {}  # receipt second -> max(receipt - production second of point 0), ms
         self.lat_sec = array("l")  # receipt second of each reading (first copies)
@@ -150,6 +151,7 @@ class PlantSubscriber:
                     return
                 self.keys.add(key)
                 n = len(ts)
+                self.payload_bytes += len(msg.payload)
                 self.messages += 1
                 self.readings += n
                 self.per_sec[sec] += n
@@ -368,6 +370,12 @@ class Plant:
         out["received_not_committed"] = len(recv - allm)
         out["derived"] = derived_counts(self.db)
         out["store_bytes"] = self.db.stat().st_size if self.db.exists() else None
+        n = committed_readings(self.db)
+        out["committed_readings"] = n
+        if n and out["store_bytes"]:
+            out["store_bytes_per_reading"] = round(out["store_bytes"] / n, 1)
+        if self.sub.readings:
+            out["wire_bytes_per_reading"] = round(self.sub.payload_bytes / self.sub.readings, 1)
         out["event_kinds"] = dict(self.sub.event_kinds)
         return out
 
@@ -409,6 +417,13 @@ def oldest_pending_created_ms(db: Path) -> int | None:
         row = conn.execute("SELECT MIN(m.created_ms) FROM pending p JOIN messages m ON m.id = p.message_id "
                            "WHERE m.kind = 'readings'").fetchone()
         return None if row[0] is None else int(row[0])
+    return None
+
+
+def committed_readings(db: Path) -> int | None:
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(_ro(db)) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(last_id - first_id + 1), 0) FROM messages "
+                                "WHERE kind = 'readings'").fetchone()[0])
     return None
 
 
@@ -465,7 +480,7 @@ def soak(a: argparse.Namespace, run: int) -> dict[str, Any]:
         for c in closes:
             st = p.status_in(c, c + a.after_close)
             rss = [s.rss_mib for s in p.samples if c - 2 <= s.t <= c + a.after_close]
-            per_close.append({"close": c,
+            per_close.append({"close": c, "after_s": a.after_close,
                               "loop_stall_max_ms": max((r["loop_lag_ms"] or 0 for r in st), default=None),
                               "rss_before_mib": rss[0] if rss else None,
                               "rss_after_max_mib": max(rss) if rss else None})
@@ -547,7 +562,7 @@ def load_step(a: argparse.Namespace, offered: float, tag: str) -> dict[str, Any]
         sleep_until(t0 + a.window)
         res = window_figures(p, t0, t0 + a.window, offered)
         res["interval_s"] = round(interval, 4)
-        res.update(p.finish(drain_timeout_s=a.drain_timeout))
+        res.update(p.finish(drain_timeout_s=min(a.drain_timeout, 60.0)))
         return res
     finally:
         p.stop()
@@ -576,7 +591,11 @@ def ramp(a: argparse.Namespace, run: int) -> dict[str, Any]:
     out: dict[str, Any] = {"capacity_per_s": capacity, "steps": steps}
     if capacity is None:
         return out
-    for mult in (1.0, 1.5, 2.0, 3.0):
+    for r in steps:
+        if r["offered_per_s"] == capacity:
+            r["phase"] = "search = 1x"
+            r["share_of_capacity"] = round(r["delivered_per_s"] / capacity, 3)
+    for mult in (1.5, 2.0, 3.0):  # 1x is the search step that set the capacity
         load = capacity * mult
         if a.meters * POINTS / load < MIN_INTERVAL_S:
             print(f"  {mult:g}x: {load:,.0f}/s needs a poll interval below {MIN_INTERVAL_S} s: more meters (--meters)",
@@ -661,7 +680,8 @@ def med(runs: list[dict[str, Any]], key: str) -> str:
 SOAK_KEYS = ("offered_per_s", "delivered_per_s", "delivered_share", "cpu_pct", "cpu_us_per_reading", "rss_start_mib",
              "rss_end_mib", "rss_max_mib", "rss_change_pct", "loop_stall_max_ms", "latency_p50_ms", "latency_p99_ms",
              "latency_max_ms", "lag_max_s", "gap_events", "overload_seconds", "missed_polls", "late_polls",
-             "lost_messages", "duplicates", "still_pending", "startup_to_first_message_s")
+             "lost_messages", "duplicates", "still_pending", "startup_to_first_message_s", "store_bytes_per_reading",
+             "wire_bytes_per_reading")
 DRAIN_KEYS = ("offered_per_s", "outage_s", "backlog_readings_at_restore", "reconnect_s", "drain_s",
               "delivered_per_s_while_draining",
               "backlog_per_s", "cpu_pct_draining", "rss_at_cut_mib", "rss_at_restore_mib", "rss_max_mib",
@@ -676,7 +696,7 @@ def report(kind: str, runs: list[dict[str, Any]]) -> None:
         for i, r in enumerate(runs, 1):
             for c in r.get("per_close", []):
                 print(f"  run {i} close at {time.strftime('%H:%M:%S', time.gmtime(c['close']))} UTC: loop stall "
-                      f"{c['loop_stall_max_ms']} ms in the {int(runs[0]['window_s'] and 15)} s after, RSS "
+                      f"{c['loop_stall_max_ms']} ms in the {c.get('after_s')} s after, RSS "
                       f"{c['rss_before_mib']} -> max {c['rss_after_max_mib']} MiB")
             print(f"  run {i}: RSS {r.get('rss_start_mib')} -> {r.get('rss_end_mib')} MiB "
                   f"({r.get('rss_change_pct')} %) across {len(r.get('per_close', []))} closes; "
@@ -727,8 +747,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.profile:
         a.profile.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
-    print_header(f"bench.plant {a.scenario}", info, {k: v for k, v in vars(a).items() if k not in ("json",)})
     plan: list[tuple[str, Any]] = []
     if a.scenario == "short":
         a.meters = min(a.meters, 100)
@@ -739,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("soak", soak), ("ramp", ramp), ("drain", drain)]
     else:
         plan = [(a.scenario, {"soak": soak, "ramp": ramp, "drain": drain}[a.scenario])]
+    info = machine_info()
+    print_header(f"bench.plant {a.scenario}", info, {k: v for k, v in vars(a).items() if k not in ("json",)})
     results: dict[str, list[dict[str, Any]]] = {}
     limit = 3600.0 * max(1, a.runs) * len(plan)
     with Watchdog(limit):
