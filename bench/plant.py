@@ -589,7 +589,9 @@ def ramp(a: argparse.Namespace, run: int) -> dict[str, Any]:
             capacity = load
         else:
             break
-    out: dict[str, Any] = {"capacity_per_s": capacity, "steps": steps}
+    out: dict[str, Any] = {"capacity_per_s": capacity, "steps": steps,
+                           # every load tried was delivered: the capacity is at least this, not this
+                           "capacity_is_lower_bound": capacity is not None and capacity == search[-1]}
     if capacity is None:
         return out
     for r in steps:
@@ -707,7 +709,8 @@ def report(kind: str, runs: list[dict[str, Any]]) -> None:
             print(f"  {k:32s} {med(runs, k)}")
     else:
         for i, r in enumerate(runs, 1):
-            print(f"  run {i}: capacity {r['capacity_per_s']}")
+            print(f"  run {i}: capacity {r['capacity_per_s']}"
+                  + (" (every load tried was delivered: a lower bound)" if r.get("capacity_is_lower_bound") else ""))
             print("  | phase | offered/s | delivered/s | share | CPU % | gap events | overload s | RSS end MiB "
                   "| lost |")
             for s in r["steps"]:
