@@ -598,7 +598,7 @@ def ramp(a: argparse.Namespace, run: int) -> dict[str, Any]:
         if r["offered_per_s"] == capacity:
             r["phase"] = "search = 1x"
             r["share_of_capacity"] = round(r["delivered_per_s"] / capacity, 3)
-    for mult in (1.5, 2.0, 3.0):  # 1x is the search step that set the capacity
+    for mult in [float(x) for x in a.multiples.split(",") if x]:  # 1x is the search step that set the capacity
         load = capacity * mult
         if a.meters * POINTS / load < MIN_INTERVAL_S:
             print(f"  {mult:g}x: {load:,.0f}/s needs a poll interval below {MIN_INTERVAL_S} s: more meters (--meters)",
@@ -742,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search", default="10000,20000,30000,40000,50000,60000",
                     help="ramp: offered loads (readings/s) tried in order until one is not delivered")
     ap.add_argument("--window", type=float, default=20.0, help="ramp: measured seconds per load")
+    ap.add_argument("--multiples", default="1.5,2,3", help="ramp: loads run after the search, as multiples of "
+                                                            "the capacity ('' for none)")
     ap.add_argument("--outage", type=float, default=200.0, help="drain: seconds the broker link is cut")
     ap.add_argument("--drain-timeout", type=float, default=300.0)
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to S s for an idle machine before a run")
