@@ -16,12 +16,16 @@ from typing import Any, Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.modbus.decode import cached_decoder
+from drivers.modbus.decode import BlockDecoder, Decoder, cached_decoder, make_block_decoder
 from drivers.modbus.spec import ReadRequest, Table
 from gateway.errors import DecodeError, TransientDriverError
 from gateway.model import REASON_TIMEOUT, Quality, RawSample
 
 WallClock = Callable[[], int]
+_Plan = tuple[tuple[str, ...], BlockDecoder | None, list[tuple[int, Decoder]]]
+_new = tuple.__new__
+_isfinite = math.isfinite
+_GOOD = Quality.GOOD
 
 
 def wall_ms() -> int:
@@ -65,7 +69,7 @@ class ModbusConnection:
         self._lock = asyncio.Lock()
         self._delay = inter_request_delay_s
         self.stats = ConnectionStats()
-        self._plans: dict[int, tuple[ReadRequest, list[tuple[str, int, Callable[[Sequence[int], int], float]]]]] = {}
+        self._plans: dict[int, tuple[ReadRequest, _Plan]] = {}
 
     @property
     def connected(self) -> bool:
@@ -107,12 +111,9 @@ class ModbusConnection:
 
     async def _read_request(self, device: ModbusDeviceLike, req: ReadRequest) -> list[RawSample]:
         client = self._client
-        fn = {
-            Table.HOLDING: client.read_holding_registers,
-            Table.INPUT: client.read_input_registers,
-            Table.COIL: client.read_coils,
-            Table.DISCRETE: client.read_discrete_inputs,
-        }[req.table]
+        table = req.table
+        fn = (client.read_holding_registers if table is Table.HOLDING else client.read_input_registers
+              if table is Table.INPUT else client.read_coils if table is Table.COIL else client.read_discrete_inputs)
         self.stats.requests += 1
         try:
             resp = await fn(req.address, count=req.count, device_id=device.unit_id)
@@ -138,21 +139,23 @@ class ModbusConnection:
         if got < req.count or (got != req.count and not req.table.is_bits):
             self.stats.failures += 1
             return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
-        out = []
+        names, block, decoders = self._plan(req)
         try:
-            for name, offset, decode in self._decoders(req):
-                v = decode(regs, offset)
-                out.append(RawSample(name, ts, v) if math.isfinite(v) else RawSample(name, ts, v, Quality.BAD, "nan"))
+            values = block(regs) if block is not None else [decode(regs, offset) for offset, decode in decoders]
         except DecodeError:
             self.stats.failures += 1
             return [RawSample(p.name, ts, None, Quality.BAD, "decode_error") for p in req.points]
-        return out
+        # tuple.__new__ builds the same RawSample as RawSample(name, ts, v) without its Python-level __new__.
+        return [_new(RawSample, (name, ts, v, _GOOD, "", None)) if _isfinite(v)
+                else RawSample(name, ts, v, Quality.BAD, "nan") for name, v in zip(names, values, strict=True)]
 
-    def _decoders(self, req: ReadRequest) -> list[tuple[str, int, Callable[[Sequence[int], int], float]]]:
-        """(name, offset, decoder) per point of a planned request, resolved on first use: hashing every
-        ModbusPoint for the decoder cache on every poll cost ~4 us a request (bench)."""
+    def _plan(self, req: ReadRequest) -> _Plan:
+        """The point names and decoders of a planned request, resolved on first use: hashing every
+        ModbusPoint for the decoder cache on every poll cost ~4 us a request (bench). One block decoder
+        for the whole response where it can (20 float32 points: 19.8 -> 3.2 us a request, bench)."""
         entry = self._plans.get(id(req))
         if entry is None or entry[0] is not req:
-            entry = (req, [(p.name, p.address - req.address, cached_decoder(p)) for p in req.points])
+            entry = (req, (tuple(p.name for p in req.points), make_block_decoder(req),
+                           [(p.address - req.address, cached_decoder(p)) for p in req.points]))
             self._plans[id(req)] = entry
         return entry[1]

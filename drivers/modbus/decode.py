@@ -175,3 +175,74 @@ def decode_request(request: ReadRequest, registers: Sequence[int]) -> list[tuple
         )
     start = request.address
     return [(p, cached_decoder(p)(registers, p.address - start)) for p in request.points]
+
+
+BlockDecoder = Callable[[Sequence[int]], list[float]]
+"""(all registers of one response) -> engineering values of every point of the request, in request order."""
+
+
+def make_block_decoder(request: ReadRequest) -> BlockDecoder | None:
+    """Decode a whole register response with one struct pack and one unpack instead of one of each per
+    point (with 20 float32 points a request: ~40 C calls and 20 Python calls fewer per poll).
+
+    The values are exactly those of the per-point decoders: the same byte orders, the same
+    ``float(raw) if identity else raw * scale + offset``. None when the per-point decoders must do it:
+    bit tables, points whose word orders map to different byte orders, overlapping points.
+    Raises ValueError for an impossible point definition, as make_decoder does.
+    """
+    points = request.points
+    if request.table.is_bits or not points:
+        return None
+    for p in points:
+        _check_point(p)
+    endians = {_ENDIAN[WordOrder(p.order)] for p in points}
+    if len(endians) != 1:
+        return None
+    reg_endian, value_endian = endians.pop()
+    by_address = sorted(range(len(points)), key=lambda i: points[i].address)
+    fmt = [value_endian]
+    pos = request.address
+    slot_of = [0] * len(points)
+    for slot, i in enumerate(by_address):
+        p = points[i]
+        if p.address < pos:
+            return None  # overlapping points
+        fmt.append("x" * (2 * (p.address - pos)) + _VALUE_CHAR[DataType(p.dtype)])
+        pos = p.address + p.count
+        slot_of[i] = slot
+    end = request.address + request.count
+    if pos > end:
+        return None
+    fmt.append("x" * (2 * (end - pos)))
+    regs_pack = struct.Struct(f"{reg_endian}{request.count}H").pack
+    values_unpack = struct.Struct("".join(fmt)).unpack
+    count = request.count
+    plan = [(slot_of[i], float(p.scale), float(p.offset), float(p.scale) == 1.0 and float(p.offset) == 0.0)
+            for i, p in enumerate(points)]
+    if all(identity for _s, _k, _o, identity in plan):
+        order = [slot for slot, _k, _o, _i in plan]
+        if order == list(range(len(points))):
+
+            def decode_identity(registers: Sequence[int]) -> list[float]:
+                if len(registers) != count:
+                    raise DecodeError(f"read of {count} at {request.table}:{request.address} returned "
+                                      f"{len(registers)} registers")
+                try:
+                    raw = values_unpack(regs_pack(*registers))
+                except struct.error as exc:
+                    raise DecodeError("registers are not 16-bit unsigned values") from exc
+                return list(map(float, raw))
+
+            return decode_identity
+
+    def decode(registers: Sequence[int]) -> list[float]:
+        if len(registers) != count:
+            raise DecodeError(f"read of {count} at {request.table}:{request.address} returned "
+                              f"{len(registers)} registers")
+        try:
+            raw = values_unpack(regs_pack(*registers))
+        except struct.error as exc:
+            raise DecodeError("registers are not 16-bit unsigned values") from exc
+        return [float(raw[slot]) if identity else raw[slot] * scale + offset for slot, scale, offset, identity in plan]
+
+    return decode
