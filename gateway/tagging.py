@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from gateway.instruments import HealthRule, InstrumentSpec
-from gateway.model import REASON_NAN, Quality, RawSample, Reading
+from gateway.model import REASON_NAN, Calibration, Quality, RawSample, Reading
 from gateway.registry_schema import NE107
 
 # NAMUR NE 107 category -> (quality applied to the instrument's readings). Priority F > C > S > M.
@@ -33,10 +33,13 @@ def active_health(rules: Sequence[HealthRule], samples: Sequence[RawSample]) -> 
 def tag(spec: InstrumentSpec, samples: Sequence[RawSample]) -> list[Reading]:
     """Tag one poll's samples. The raw value is kept; only quality/reason carry judgements."""
     health = active_health(spec.health, samples)
-    health_points = {r.point for r in spec.health}
+    health_points = {r.point for r in spec.health} if health is not None else _NONE
     out: list[Reading] = []
     index = spec.point_index
-    calibration = spec.calibration
+    status_at = spec.calibration.status_at
+    instrument = spec.id
+    last_ts: int | None = None
+    calibration = Calibration.UNKNOWN
     for s in samples:
         p = index.get(s.point)
         if p is None:
@@ -47,13 +50,21 @@ def tag(spec: InstrumentSpec, samples: Sequence[RawSample]) -> list[Reading]:
             if math.isnan(value) or math.isinf(value):
                 value, quality, reason = None, Quality.BAD, REASON_NAN
             else:
-                value = value * p.conversion.factor + p.conversion.offset
+                conv = p.conversion
+                value = value * conv.factor + conv.offset
         if health is not None and quality is not Quality.BAD and s.point not in health_points:
             hq = _NE107_QUALITY[health.category]
             if hq is Quality.BAD or (hq is Quality.UNCERTAIN and quality is Quality.GOOD):
                 quality, reason = hq, health.reason
             elif not reason:
                 reason = health.reason  # maintenance required: still good, but say so
-        out.append(Reading(spec.id, s.point, s.ts_ms, value, p.unit, quality, reason,
-                           calibration.status_at(s.ts_ms)))
+        ts = s.ts_ms
+        if ts != last_ts:  # one poll's samples share their timestamp: one calibration lookup per poll
+            calibration, last_ts = status_at(ts), ts
+        # tuple.__new__: the same Reading as Reading(...), without the NamedTuple's Python-level __new__.
+        out.append(_new(Reading, (instrument, s.point, ts, value, p.unit, quality, reason, calibration)))
     return out
+
+
+_new = tuple.__new__
+_NONE: frozenset[str] = frozenset()

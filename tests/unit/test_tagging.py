@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.instruments import InstrumentSpec
 from gateway.model import Calibration, Quality, RawSample
@@ -80,3 +82,49 @@ def test_calibration_status_is_computed_at_the_readings_own_time(specs: dict[str
 
 def test_unknown_points_are_ignored(specs: dict[str, InstrumentSpec], tmp_path: Path) -> None:
     assert tag(specs["PM-01"], [RawSample("not_configured", TS, 1.0)]) == []
+
+
+def reference_tag(spec: InstrumentSpec, samples: list[RawSample]) -> list[tuple[object, ...]]:
+    """Tagging as written before the per-poll shortcuts: one calibration lookup per reading."""
+    from gateway.tagging import _NE107_QUALITY, active_health
+
+    health = active_health(spec.health, samples)
+    health_points = {r.point for r in spec.health}
+    out = []
+    for s in samples:
+        p = spec.point_index.get(s.point)
+        if p is None:
+            continue
+        value, quality, reason = s.value, s.quality, s.reason
+        if value is not None:
+            if math.isnan(value) or math.isinf(value):
+                value, quality, reason = None, Quality.BAD, "nan"
+            else:
+                value = value * p.conversion.factor + p.conversion.offset
+        if health is not None and quality is not Quality.BAD and s.point not in health_points:
+            hq = _NE107_QUALITY[health.category]
+            if hq is Quality.BAD or (hq is Quality.UNCERTAIN and quality is Quality.GOOD):
+                quality, reason = hq, health.reason
+            elif not reason:
+                reason = health.reason
+        out.append((spec.id, s.point, s.ts_ms, value, p.unit, quality, reason, spec.calibration.status_at(s.ts_ms)))
+    return out
+
+
+DAY = 86_400_000
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_tag_matches_the_reading_by_reading_reference(specs: dict[str, InstrumentSpec], data: st.DataObject) -> None:
+    spec = specs[data.draw(st.sampled_from(sorted(specs)))]
+    names = [p.name for p in spec.points] + ["not_a_point"]
+    ts0 = data.draw(st.sampled_from([TS, TS - 400 * DAY, TS + 700 * DAY, TS + 2000 * DAY]))
+    samples = data.draw(st.lists(st.builds(
+        RawSample, st.sampled_from(names), st.sampled_from([ts0, ts0, ts0 + 1, ts0 + 200 * DAY]),
+        st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 1.0, 31.0, 8.0]),
+        st.sampled_from(list(Quality)), st.sampled_from(["", "timeout"])), max_size=30))
+    got = tag(spec, samples)
+    assert [tuple(r) for r in got] == reference_tag(spec, samples) or \
+        [str(tuple(r)) for r in got] == [str(r) for r in reference_tag(spec, samples)]  # NaN != NaN
+    assert all(type(r).__name__ == "Reading" for r in got)
