@@ -20,12 +20,12 @@ if ! skip peer; then
   $PY bench/peer/summary.py "$OUT/peer/results.jsonl" --json "$OUT/peer.json" | tee "$OUT/peer_summary.txt"
 fi
 skip soak || { step soak; $PY -m bench.plant soak --json "$OUT/soak.json" >"$OUT/soak.log" 2>&1; }
-skip profile || { step profile; $PY -m bench.plant ramp --search 10000 --multiples "" --window 30 --profile "$OUT/prof" \
-  --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1; }
-skip ramp || { step ramp; $PY -m bench.plant ramp --search "${SEARCH:-10000,15000,20000,30000,40000,50000}" \
+skip ramp || { step ramp; $PY -m bench.plant ramp --warmup 10 --search "${SEARCH:-10000,15000,20000,30000,40000,50000}" \
   --json "$OUT/ramp.json" >"$OUT/ramp.log" 2>&1; }
 skip drain || { step drain; $PY -m bench.plant drain --outage "${OUTAGE:-200}" --json "$OUT/drain.json" \
   >"$OUT/drain.log" 2>&1; }
+skip profile || { step profile; $PY -m bench.plant ramp --search 10000 --multiples "" --window 30 --profile "$OUT/prof" \
+  --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1; }
 skip startup || { step startup; $PY -m bench.startup --meters 2500 --runs 1 --json "$OUT/startup.json" \
   >"$OUT/startup.log" 2>&1; }
 skip footprint || { step footprint; $PY -m bench.footprint --json "$OUT/footprint.json" >"$OUT/footprint.log" 2>&1; }

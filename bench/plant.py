@@ -563,7 +563,7 @@ def load_step(a: argparse.Namespace, offered: float, tag: str) -> dict[str, Any]
         sleep_until(t0 + a.window)
         res = window_figures(p, t0, t0 + a.window, offered)
         res["interval_s"] = round(interval, 4)
-        res.update(p.finish(drain_timeout_s=min(a.drain_timeout, 60.0)))
+        res.update(p.finish(drain_timeout_s=min(a.drain_timeout, 30.0)))
         return res
     finally:
         p.stop()
