@@ -2,7 +2,7 @@
 # Every figure of issue 8's targets in one sequence, as docs/benchmarks.md reports them (about 30 minutes
 # on the 2-core machine). Outputs go to $OUT (default a new temporary directory): one log and one JSON per
 # benchmark, and the side-by-side harness's results in $OUT/peer/results.jsonl.
-# Env: OUT, REPS (side-by-side runs per gateway, default 3), SEARCH (ramp loads), OUTAGE (drain, s),
+# Env: OUT, METERS (side by side, default 500), REPS (side-by-side runs per gateway, default 3), SEARCH (ramp loads), OUTAGE (drain, s),
 #      PEER_BENCH, TB_VENV, HARNESS_VENV (see bench/peer/README.md), SKIP (space-separated step names).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +14,8 @@ echo "issue 8 figures into $OUT"
 step() { echo "== $1 $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)"; }
 if ! skip peer; then
   for r in $(seq 1 "$REPS"); do   # alternate, so both see the same machine
-    step "peer tb $r"; BENCH_TMP="$OUT/peer" bench/peer/run_peer.sh tb 500 1 >>"$OUT/peer.log" 2>&1
-    step "peer cg $r"; BENCH_TMP="$OUT/peer" bench/peer/run_peer.sh cg 500 1 >>"$OUT/peer.log" 2>&1
+    step "peer tb $r"; BENCH_TMP="$OUT/peer" bench/peer/run_peer.sh tb "${METERS:-500}" 1 >>"$OUT/peer.log" 2>&1
+    step "peer cg $r"; BENCH_TMP="$OUT/peer" bench/peer/run_peer.sh cg "${METERS:-500}" 1 >>"$OUT/peer.log" 2>&1
   done
   $PY bench/peer/summary.py "$OUT/peer/results.jsonl" --json "$OUT/peer.json" | tee "$OUT/peer_summary.txt"
 fi
