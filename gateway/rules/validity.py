@@ -261,7 +261,22 @@ def _track(value: float, ts_ms: int, state: ValidityState, rate_ok: bool) -> Val
     else:
         same_count, same_since = 1, ts_ms
     ref_value, ref_ts = (value, ts_ms) if rate_ok else (state.ref_value, state.ref_ts_ms)
-    return ValidityState(ts_ms, ref_value, ref_ts, value, same_count, same_since)
+    # ValidityState(ts_ms, ref_value, ref_ts, value, same_count, same_since), built through the slots directly:
+    # the frozen dataclass's __init__ calls object.__setattr__ once per field, about twice the cost, at one
+    # state per reading.
+    s = _new(ValidityState)
+    _set_last_ts(s, ts_ms)
+    _set_ref_value(s, ref_value)
+    _set_ref_ts(s, ref_ts)
+    _set_same_value(s, value)
+    _set_same_count(s, same_count)
+    _set_same_since(s, same_since)
+    return s
+
+
+_new = object.__new__
+_set_last_ts, _set_ref_value, _set_ref_ts, _set_same_value, _set_same_count, _set_same_since = (
+    getattr(ValidityState, name).__set__ for name in ValidityState.__slots__)
 
 
 def _frozen(state: ValidityState, ts_ms: int, rules: ValidityRules) -> bool:
