@@ -5,11 +5,13 @@ file, one 40-register read per meter), then for each run measures, in fresh proc
 
 - `validate`: wall and CPU seconds of loading and checking the whole configuration;
 - `run`: wall seconds from the process start until it logs that it starts polling ("... instruments
-  on ... connections"), i.e. start-up to first poll; the process is stopped right after.
+  on ... connections"), and until its first poll reaches a meter (the first 250 meters share one
+  endpoint, a socket this bench listens on: the first connection to it is the first poll), i.e.
+  start-up to first poll; the process is stopped right after.
 
 "cold" runs delete the parse cache first (<store dir>/config-cache); "cached" runs keep it. The
-meters point at closed loopback ports and the broker URL at a closed port: start-up does not wait
-for either. Figures are printed, never asserted.
+other meters point at closed loopback ports and the broker URL at a closed port: start-up does not
+wait for either. Figures are printed, never asserted.
 
     python -m bench.startup                 # 2,500 meters, 3 runs of each
     python -m bench.startup --meters 500 --runs 1
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,8 +37,10 @@ POINTS = 20
 UNITS_PER_PORT = 250  # unit ids per Modbus TCP endpoint (a serial gateway or a meter farm)
 
 
-def write_config(directory: Path, meters: int, *, per_file: int = 100, base_port: int = 1) -> Path:
-    """gateway.yaml + instruments/meters_NNN.yaml for `meters` meters of 20 float32 points each."""
+def write_config(directory: Path, meters: int, *, per_file: int = 100, base_port: int = 1,
+                 first_port: int | None = None) -> Path:
+    """gateway.yaml + instruments/meters_NNN.yaml for `meters` meters of 20 float32 points each (the first
+    UNITS_PER_PORT meters on `first_port` if given)."""
     inst = directory / "instruments"
     inst.mkdir(parents=True)
     store = directory / "data" / "gateway.db"
@@ -49,6 +55,8 @@ limits: {{default_poll_interval_s: 1.0, max_config_file_bytes: 10000000}}
         lines = ["instruments:"]
         for i in range(start, min(meters, start + per_file)):
             port, unit = base_port + i // UNITS_PER_PORT, i % UNITS_PER_PORT + 1
+            if first_port is not None and i < UNITS_PER_PORT:
+                port = first_port
             lines += [
                 f"  - id: m{i:05d}",
                 f'    name: "bench meter {i}"',
@@ -81,21 +89,37 @@ def time_validate(config: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def time_first_poll(config: Path, log: Path) -> float | None:
-    """Seconds from the process start to the log line that polling starts (None if it never came)."""
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a running process has used so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_first_poll(config: Path, log: Path,
+                    listener: socket.socket) -> tuple[float | None, float | None, float | None]:
+    """Seconds from the process start to the log line that polling starts and to the first connection
+    to `listener` (the first poll of the first meters), and the CPU seconds used by then; None if it
+    never came."""
     t0 = time.perf_counter()
+    logged: float | None = None
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config), "--duration", "600"],
                                 stdout=subprocess.DEVNULL, stderr=err, env=child_env())
     try:
         deadline = t0 + 600
         while time.perf_counter() < deadline and proc.poll() is None:
-            if b" instruments on " in log.read_bytes():
-                return time.perf_counter() - t0
-            time.sleep(0.02)
-        return None
+            if logged is None and b" instruments on " in log.read_bytes():
+                logged = time.perf_counter() - t0
+            if select.select([listener], [], [], 0.01)[0]:
+                return logged, time.perf_counter() - t0, process_cpu(proc.pid)
+        return logged, None, None
     finally:
         stop_process(proc)
+        while select.select([listener], [], [], 0)[0]:  # the connections of this run
+            listener.accept()[0].close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,16 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     print_header("start-up with a plant-size configuration", info,
                  {"meters": a.meters, "points_per_meter": POINTS, "runs": a.runs})
     table = Table()
-    with tempfile.TemporaryDirectory(prefix="cg-startup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cg-startup-") as tmp, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
         config = Path(tmp) / "cfg"
-        store = write_config(config, a.meters)
+        store = write_config(config, a.meters, first_port=listener.getsockname()[1])
         size = sum(f.stat().st_size for f in (config / "instruments").iterdir())
         print(f"configuration: {a.meters} meters, {a.meters * POINTS} points, "
               f"{len(list((config / 'instruments').iterdir()))} files, {size / 1e6:.1f} MB")
         cache = store.parent / "config-cache"
         results: dict[str, list[float | None]] = {k: [] for k in (
             "validate_cold_wall", "validate_cold_cpu", "validate_cached_wall", "validate_cached_cpu",
-            "first_poll_cold", "first_poll_cached")}
+            "polling_logged_cold", "polling_logged_cached", "first_poll_cold", "first_poll_cached",
+            "first_poll_cold_cpu", "first_poll_cached_cpu")}
         for _ in range(a.runs):
             shutil.rmtree(cache, ignore_errors=True)
             wall, cpu = time_validate(config)
@@ -129,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             results["validate_cached_cpu"].append(cpu)
             if not a.no_run:
                 shutil.rmtree(cache, ignore_errors=True)
-                results["first_poll_cold"].append(time_first_poll(config, Path(tmp) / "run.log"))
-                results["first_poll_cached"].append(time_first_poll(config, Path(tmp) / "run.log"))
+                for kind in ("cold", "cached"):  # the cold run fills the cache
+                    logged, polled, cpu = time_first_poll(config, Path(tmp) / "run.log", listener)
+                    results[f"polling_logged_{kind}"].append(logged)
+                    results[f"first_poll_{kind}"].append(polled)
+                    results[f"first_poll_{kind}_cpu"].append(cpu)
                 for f in store.parent.glob("gateway.db*"):
                     f.unlink()
         for name, values in results.items():
