@@ -8,11 +8,12 @@ read, with the quality and reason the validity rules gave them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,20 +94,25 @@ class RulesStage:
         # tick() runs at every commit: scanning 10,000 points 20 times a second cost ~18 us per reading.
         self._tick_due = _FORCE
         self._overload_gaps: dict[str, int] = {}  # instrument -> start of its open gateway_overload gap
-        last_readings = last_readings or {}
         for inst in instruments:
-            if not inst.polled:
+            self.add_instrument(inst, now_ms=now_ms, last_readings=last_readings)
+
+    def add_instrument(self, inst: InstrumentSpec, *, now_ms: int,
+                       last_readings: dict[tuple[str, str], tuple[int, int | None]] | None = None) -> None:
+        """Watch the points of one more instrument (its gap ledger resumed from ``last_readings``)."""
+        if not inst.polled:
+            return
+        last_readings = last_readings or {}
+        for p in inst.points:
+            if p.rules is None:
                 continue
-            for p in inst.points:
-                if p.rules is None:
-                    continue
-                last = last_readings.get((inst.id, p.name))
-                state, events = gaps.resume(inst.id, p.name, now_ms=now_ms, rules=p.rules.gaps,
-                                            last_record_ms=last[0] if last else None,
-                                            last_valid_ms=last[1] if last else None)
-                self._startup.extend(self._event(e) for e in events)
-                self._points[(inst.id, p.name)] = _Point(inst, p, p.rules, ValidityState(), state)
-                self._cycle.append((inst.id, p.name))
+            last = last_readings.get((inst.id, p.name))
+            state, events = gaps.resume(inst.id, p.name, now_ms=now_ms, rules=p.rules.gaps,
+                                        last_record_ms=last[0] if last else None,
+                                        last_valid_ms=last[1] if last else None)
+            self._startup.extend(self._event(e) for e in events)
+            self._points[(inst.id, p.name)] = _Point(inst, p, p.rules, ValidityState(), state)
+            self._cycle.append((inst.id, p.name))
 
     # -- history from the store ------------------------------------------------------------------
 
@@ -559,8 +565,42 @@ def checkpoint_limit(n_points: int, commit_interval_ms: int) -> int:
 def load_rules(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int) -> RulesStage:
     """The rules engine as it stood when the gateway stopped: history, latest substitutes and, per point, its
     checkpoint plus the readings stored after it (only those: never the whole open period)."""
+    steps = _load_steps(instruments, store, now_ms)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+LOAD_YIELD_POINTS = 250  # points restored between two yields to the event loop (~10 ms on this machine)
+
+
+async def load_rules_async(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int) -> RulesStage:
+    """``load_rules`` in steps that yield to the event loop every LOAD_YIELD_POINTS points (or re-fed batch),
+    so pollers started before it keep their schedule while a plant-size rules stage is built."""
+    steps = _load_steps(instruments, store, now_ms)
+    work = 0
+    while True:
+        try:
+            work += next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if work >= LOAD_YIELD_POINTS:
+            work = 0
+            await asyncio.sleep(0)
+
+
+def _load_steps(instruments: Sequence[InstrumentSpec], store: Store,
+                now_ms: int) -> Generator[int, None, RulesStage]:
+    """load_rules' work in steps; each yields about how many points' worth of work it did (a re-fed reading
+    counts a tenth of a point); returns the rules stage."""
     points = [(i.id, p.name) for i in instruments for p in i.points]
-    rules = RulesStage(instruments, now_ms=now_ms, last_readings=store.last_readings(points))
+    last_readings = store.last_readings(points)
+    rules = RulesStage((), now_ms=now_ms)
+    for inst in instruments:
+        rules.add_instrument(inst, now_ms=now_ms, last_readings=last_readings)
+        yield len(inst.points)
     checkpoints = store.rules_state()
     hwm: dict[tuple[str, str], int] = {}
     for instrument, point in rules.points():
@@ -572,6 +612,7 @@ def load_rules(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int)
         if cp is not None:
             hwm[(instrument, point)] = cp[0]
             rules.restore(instrument, point, aggregates, subs, checkpoint=cp[1])
+            yield 1
             continue
         # No checkpoint yet (a store from before them): the readings since the last stored period.
         open_from = aggregates[-1]["period_end"] if aggregates else None
@@ -579,6 +620,7 @@ def load_rules(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int)
             open_from -= rules.period_ms(instrument, point)  # its last good reading anchors the open period
         current = store.readings_since(instrument, point, int(open_from)) if open_from is not None else []
         rules.restore(instrument, point, aggregates, subs, current)
+        yield 1 + len(current) // 10
     if hwm:
         after = min(hwm.values())
         refed = 0
@@ -587,6 +629,7 @@ def load_rules(instruments: Sequence[InstrumentSpec], store: Store, now_ms: int)
             todo = [r for rid, r in batch if rid > hwm.get((r.instrument, r.point), after)]
             refed += len(todo)
             rules.refeed(todo)
+            yield 1 + len(todo) // 10
         log.info("rules engine resumed %d points from their checkpoints, %d readings after them re-fed",
                  len(hwm), refed)
     return rules

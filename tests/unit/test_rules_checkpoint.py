@@ -3,16 +3,18 @@ same aggregates and substitutes as an uninterrupted run (issue 8: no reread of t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from pathlib import Path
 
 import pytest
 
+from gateway import rules_stage
 from gateway.instruments import InstrumentSpec
 from gateway.model import Calibration, Quality, Reading
 from gateway.registry import load_config
-from gateway.rules_stage import RulesStage, load_rules
+from gateway.rules_stage import RulesStage, load_rules, load_rules_async
 from gateway.store import Store
 from tests.helpers import write_config
 from tests.unit.test_rules_stage import INSTRUMENT
@@ -61,11 +63,15 @@ def records(store: Store, kind: str) -> list[tuple[str, dict]]:
     return out
 
 
+@pytest.mark.parametrize("loader", ["sync", "async"])
 @pytest.mark.parametrize(("checkpoint_every", "crash_after", "raw_tail"),
                          [(1, 20, False), (5, 23, False), (4, 26, True), (None, 22, False), (3, 17, True)])
 def test_restart_mid_period_gives_identical_aggregates(specs: list[InstrumentSpec], tmp_path: Path,
                                                        checkpoint_every: int | None, crash_after: int,
-                                                       raw_tail: bool) -> None:
+                                                       raw_tail: bool, loader: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway resumes with load_rules_async (yielding to the loop at every step here): same result."""
+    monkeypatch.setattr(rules_stage, "LOAD_YIELD_POINTS", 1)
     batches = plant(5 * 60 + 1)
     with contextlib.closing(Store(tmp_path / "straight.db")) as straight:
         run(load_rules(specs, straight, T0), straight, batches, 0, checkpoint_every=checkpoint_every)
@@ -81,7 +87,8 @@ def test_restart_mid_period_gives_identical_aggregates(specs: list[InstrumentSpe
     with contextlib.closing(Store(path)) as store:
         if checkpoint_every:
             assert store.rules_state()  # the restart below really starts from checkpoints
-        stage = load_rules(specs, store, T0 + resume_at * BATCH * MIN)
+        now = T0 + resume_at * BATCH * MIN
+        stage = load_rules(specs, store, now) if loader == "sync" else asyncio.run(load_rules_async(specs, store, now))
         run(stage, store, batches, resume_at, checkpoint_every=checkpoint_every)
         got = {k: records(store, k) for k in ("aggregates", "substitutes")}
     assert [p for p, _ in expected["aggregates"]].count("co2") == 5
