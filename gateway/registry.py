@@ -6,8 +6,11 @@ in one pass so a technician sees every mistake at once.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -148,6 +151,24 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
     in one instrument does not hide the unit errors of the others. `check_store` (validate) also
     checks that the store's directory is writable.
     """
+    with few_collections():
+        return _load_config(directory, today=today, check_store=check_store)
+
+
+@contextlib.contextmanager
+def few_collections() -> Iterator[None]:
+    """Fewer cyclic garbage collections while a configuration is built: it allocates hundreds of thousands
+    of objects that all stay alive, and with the default thresholds the collector kept scanning them
+    (~1 s of 3.5 s CPU for 2,500 meters x 20 points, cached parse). Thresholds are restored after."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 100_000), max(old[1], 50), max(old[2], 100))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+def _load_config(directory: Path, *, today: date | None, check_store: bool) -> Config:
     errors: list[ConfigError] = []
     warnings: list[ConfigError] = []
     directory = directory.resolve()
