@@ -80,6 +80,10 @@ class _Point:
     step: _Step | None = None  # a clock step not yet applied to this point
     replay_until: int | None = None  # after a backward step: readings up to here repeat an aggregated interval
     fill_from_hour: int | None = None  # after a forward step: earlier hours were skipped by the clock
+    allowed_ms: int = 0  # rules.gaps.allowed_ms (a computed property there), read at every tick walk
+
+    def __post_init__(self) -> None:
+        self.allowed_ms = self.rules.gaps.allowed_ms
 
 
 class RulesStage:
@@ -274,7 +278,8 @@ class RulesStage:
         derived: list[Derived] = []
         if now_ms < self._tick_due:
             return derived
-        forced = self._overloaded  # every tick while overloaded: the overload gap is per instrument
+        forced = False
+        overloaded, overload_gaps = self._overloaded, self._overload_gaps
         next_due = _NEVER
         for st in self._points.values():
             if st.step is not None:
@@ -292,6 +297,10 @@ class RulesStage:
                 while st.period_start + st.rules.period_ms + st.rules.cadence_ms <= now_ms:
                     derived.extend(self._close_period(st))
             due = _due(st)
+            if due <= now_ms and overloaded and st.instrument.id in overload_gaps and st.step is None:
+                # Past its allowance while its instrument's overload gap is open: its gap has nothing to do
+                # until a reading comes (process) or the overload ends (set_overloaded walks again).
+                due = _due(st, gap=False)
             if due < next_due:
                 next_due = due
         self._tick_due = _FORCE if forced else next_due
@@ -527,13 +536,13 @@ _FORCE = -(1 << 62)
 _NEVER = 1 << 62
 
 
-def _due(st: _Point) -> int:
+def _due(st: _Point, *, gap: bool = True) -> int:
     """The earliest time at which tick() could change this point: its gap opening (``now - reference >
-    allowed``), its period closing, or a pending clock step (then at once)."""
+    allowed``; not counted with ``gap=False``), its period closing, or a pending clock step (then at once)."""
     if st.step is not None:
         return _FORCE
     g = st.gap
-    due = _NEVER if g.open_start_ms is not None else g.reference_ms + st.rules.gaps.allowed_ms
+    due = _NEVER if not gap or g.open_start_ms is not None else g.reference_ms + st.allowed_ms
     ps = st.period_start
     if ps is not None and st.rules.totalizer is None:
         end = ps + st.rules.period_ms + st.rules.cadence_ms

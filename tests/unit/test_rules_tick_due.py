@@ -80,6 +80,8 @@ def readings(spec: InstrumentSpec, ts: int, kind: str, n: int) -> list[Reading]:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(op, min_size=1, max_size=60))
 @example(ops=[("poll", 0, "good"), ("tick", H + CADENCE - 1, ""), ("tick", 1, ""), ("tick", 1, "")])
+@example(ops=[("poll", 0, "good"), ("overload", True, ""), ("tick", 2 * CADENCE, ""), ("tick", H, ""),
+              ("poll", 0, "good"), ("tick", 2 * CADENCE, ""), ("overload", False, ""), ("tick", 2 * CADENCE, "")])
 @example(ops=[("poll", 0, "good"), ("tick", CADENCE + CADENCE // 2, ""), ("tick", 1, ""), ("tick", 1, "")])
 @example(ops=[("poll", 0, "bad"), ("poll", 0, "good"), ("tick", CADENCE + CADENCE // 2, ""), ("tick", 1, "")])
 def test_tick_due_gives_the_records_of_a_walk_at_every_tick(specs: list[InstrumentSpec],
