@@ -282,7 +282,13 @@ class RulesStage:
         overloaded, overload_gaps = self._overloaded, self._overload_gaps
         next_due = _NEVER
         for st in self._points.values():
-            if st.step is not None:
+            if st.step is None:
+                due = _due(st)
+                if due > now_ms:  # neither its gap nor its period can change now
+                    if due < next_due:
+                        next_due = due
+                    continue
+            else:
                 if now_ms - st.step.now_ms <= st.rules.gaps.allowed_ms:
                     forced = True  # readings taken before the step may still be queued
                     continue
