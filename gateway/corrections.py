@@ -33,7 +33,7 @@ from gateway.errors import ConfigError, StoreError
 from gateway.instruments import PointSpec
 from gateway.model import Derived
 from gateway.registry import Config
-from gateway.store import Store, atomic_write, fsync_dir
+from gateway.store import Store, atomic_write, fsync_dir, nearest_ts, reading_id_at, series_of
 
 log = logging.getLogger("gateway.corrections")
 
@@ -98,15 +98,11 @@ def find_reading(store_path: Path, instrument: str, point: str, ts_ms: int) -> t
     except sqlite3.Error as err:
         raise StoreError(f"{store_path}: cannot open the store to find the reading: {err}") from None
     try:
-        row = db.execute("SELECT id FROM readings WHERE instrument = ? AND point = ? AND ts_ms = ? ORDER BY id "
-                         "LIMIT 1", (instrument, point, ts_ms)).fetchone()
-        if row is not None:
-            return int(row[0]), []
-        before = db.execute("SELECT DISTINCT ts_ms FROM readings WHERE instrument = ? AND point = ? AND ts_ms < ? "
-                            "ORDER BY ts_ms DESC LIMIT ?", (instrument, point, ts_ms, NEAREST)).fetchall()
-        after = db.execute("SELECT DISTINCT ts_ms FROM readings WHERE instrument = ? AND point = ? AND ts_ms > ? "
-                           "ORDER BY ts_ms LIMIT ?", (instrument, point, ts_ms, NEAREST)).fetchall()
-        return None, sorted(int(r[0]) for r in [*before, *after])
+        sids = series_of(db, instrument, point)
+        rid = reading_id_at(db, sids, instrument, ts_ms)
+        if rid is not None:
+            return rid, []
+        return None, nearest_ts(db, sids, instrument, ts_ms, NEAREST)
     except sqlite3.Error as err:
         raise StoreError(f"{store_path}: cannot read the store to find the reading: {err}") from None
     finally:

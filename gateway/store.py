@@ -345,7 +345,13 @@ class Store:
             for start in range(0, len(items), per_message):
                 chunk = items[start : start + per_message]
                 first = rid
+                lo = hi = chunk[0].ts_ms
                 for r in chunk:
+                    ts = r.ts_ms
+                    if ts < lo:
+                        lo = ts
+                    elif ts > hi:
+                        hi = ts
                     key = (instrument, r.point, r.unit)
                     sid = series.get(key) or new_series.get(key)
                     if sid is None:
@@ -354,11 +360,11 @@ class Store:
                     reason = labels.get(r.reason) if r.reason else 0
                     if reason is None:
                         reason = label(r.reason)
-                    rows.append((rid, sid, r.ts_ms, r.value,
+                    rows.append((rid, sid, ts, r.value,
                                  qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4))
                     rid += 1
                 seq += 1
-                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg))
+                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi))
                 outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk))
                 mid += 1
             seq_updates[stream] = seq
@@ -378,7 +384,7 @@ class Store:
                                      json.dumps(d.body, separators=(",", ":"), allow_nan=False), cv, now_ms))
                     recid += 1
                 seq += 1
-                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None))
+                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None, None, None))
                 outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk]))
                 mid += 1
             seq_updates[stream] = seq
@@ -396,7 +402,7 @@ class Store:
             if msgs:
                 db.executemany("INSERT INTO samples (id, series, ts_ms, value, code) VALUES (?,?,?,?,?)", rows)
                 db.executemany("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, "
-                               "created_ms, config) VALUES (?,?,?,?,?,?,?,?,?)", msgs)
+                               "created_ms, config, min_ts, max_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)", msgs)
                 db.executemany("INSERT INTO pending (message_id) VALUES (?)", [(m[0],) for m in msgs])
                 db.executemany("INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                                "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
@@ -591,34 +597,42 @@ class Store:
     def last_readings(self, points: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int | None]]:
         """(instrument, point) -> (newest ts, newest good ts): where each point stood when we last ran.
 
-        One indexed look-up per point, newest first, so start-up does not scan months of readings."""
-        out: dict[tuple[str, str], tuple[int, int | None]] = {}
-        by_point: dict[tuple[str, str], list[int]] = {}
-        for (inst, point, _unit), sid in self._series.items():
-            by_point.setdefault((inst, point), []).append(sid)
-        db = self._db
-        for key in points:
-            lasts: list[int] = []
-            goods: list[int] = []
-            for sid in by_point.get(key, ()):  # one series per unit the point was stored in
-                last = db.execute("SELECT MAX(ts_ms) FROM samples WHERE series = ?", (sid,)).fetchone()[0]
-                if last is None:
-                    continue
-                lasts.append(int(last))
-                good = db.execute("SELECT ts_ms FROM samples WHERE series = ? AND code & 3 = 0 AND value IS NOT NULL "
-                                  "ORDER BY ts_ms DESC LIMIT 1", (sid,)).fetchone()
-                if good is not None:
-                    goods.append(int(good[0]))
-            if lasts:
-                out[key] = (max(lasts), max(goods) if goods else None)
-        return out
+        Per instrument, its messages newest (by time span) first, each read by rowid range, until every
+        point's newest and newest good time is certain: one message or a few per instrument, so start-up
+        does not scan months of readings (only a point bad for long makes its instrument's scan go back
+        to its last good reading)."""
+        return last_readings(self._db, points, self._series)
 
     @_guarded("reading readings")
     def readings_since(self, instrument: str, point: str, ts_ms: int) -> list[Reading]:
-        rows = self._db.execute("SELECT instrument, point, ts_ms, value, unit, quality, reason, calibration "
-                                "FROM readings WHERE instrument = ? AND point = ? AND ts_ms >= ? ORDER BY ts_ms, id",
-                                (instrument, point, ts_ms)).fetchall()
-        return [Reading(i, p, t, v, u, Quality(q), r, Calibration(c)) for i, p, t, v, u, q, r, c in rows]
+        """The point's readings with ts >= ts_ms, in (ts, id) order."""
+        rows = point_rows(self._db, self._point_series(instrument, point), instrument, lo=ts_ms)
+        names, texts = self._names([r[1] for r in rows], [r[4] >> 4 for r in rows])
+        quality, calibration = _QUALITY_NAMES, _CALIBRATION_NAMES
+        return [Reading(instrument, point, ts, value, names[sid][2], Quality(quality[code & 3]), texts[code >> 4],
+                        Calibration(calibration[(code >> 2) & 3])) for _rid, sid, ts, value, code in rows]
+
+    @_guarded("looking up a reading")
+    def reading_id_at(self, instrument: str, point: str, ts_ms: int) -> int | None:
+        """The id of the point's first stored reading at exactly ts_ms, or None."""
+        return reading_id_at(self._db, self._point_series(instrument, point), instrument, ts_ms)
+
+    def _point_series(self, instrument: str, point: str) -> list[int]:
+        return [sid for (i, p, _u), sid in self._series.items() if i == instrument and p == point]
+
+    def _names(self, sids: Iterable[int], label_ids: Iterable[int]) -> tuple[dict[int, tuple[str, str, str]],
+                                                                         dict[int, str]]:
+        """The series and label caches, reloaded when rows name one they do not know (rows written by
+        another tool through the view, or recovered)."""
+        names = self._series_names
+        if any(sid not in names for sid in sids):
+            names.update({sid: key for key, sid in self._series.items()})
+            names.update({sid: (i, p, u) for sid, i, p, u in self._db.execute(
+                "SELECT id, instrument, point, unit FROM series")})
+        texts = self._label_texts
+        if len(texts) != len(self._labels) or any(lid not in texts for lid in label_ids):
+            texts.update({lid: t for lid, t in self._db.execute("SELECT id, text FROM labels")})
+        return names, texts
 
     @_guarded("reading the rules checkpoints")
     def rules_state(self) -> dict[tuple[str, str], tuple[int, str]]:
@@ -633,19 +647,13 @@ class Store:
                                 "FROM readings WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         return [(rid, Reading(i, p, t, v, u, Quality(q), r, Calibration(c))) for rid, i, p, t, v, u, q, r, c in rows]
 
-    @_guarded("looking up a reading")
-    def reading_id_at(self, instrument: str, point: str, ts_ms: int) -> int | None:
-        row = self._db.execute("SELECT id FROM readings WHERE instrument = ? AND point = ? AND ts_ms = ? "
-                               "ORDER BY id LIMIT 1", (instrument, point, ts_ms)).fetchone()
-        return int(row[0]) if row else None
-
     @_guarded("looking up ingested inbox files")
     def is_ingested(self, sha256: str) -> bool:
         return self._db.execute("SELECT 1 FROM ingested WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
     @_guarded("reading the last reading time")
     def last_reading_ts(self) -> int | None:
-        row = self._db.execute("SELECT MAX(ts_ms) FROM samples").fetchone()
+        row = self._db.execute("SELECT MAX(max_ts) FROM messages WHERE kind = 'readings'").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
     @_guarded("reading store statistics")
@@ -729,6 +737,101 @@ class Store:
                        "(SELECT message_id FROM pending)", (cut,))
             db.execute("COMMIT")
             removed += cur.rowcount
+
+
+# -- time look-ups through the coarse per-message index (schema 6; also used read-only by corrections) ------
+# A readings message is one instrument's consecutive readings (ids first_id..last_id, at most `per_message`
+# of them) with the time span of their source times (min_ts..max_ts): `messages_by_time` finds the messages
+# whose span meets the wanted times, and only their rows are read, by rowid range.
+
+_SPAN_ROWS = ("SELECT s.id, s.series, s.ts_ms, s.value, s.code FROM messages m JOIN samples s "
+              "ON s.id BETWEEN m.first_id AND m.last_id WHERE m.kind = 'readings' AND m.instrument = ? "
+              "AND m.max_ts >= ? AND m.min_ts <= ? AND s.series IN ({sids}) AND s.ts_ms BETWEEN ? AND ? ")
+
+
+def series_of(db: sqlite3.Connection, instrument: str, point: str) -> list[int]:
+    """The series ids of a point (one per unit it was stored in)."""
+    return [int(r[0]) for r in db.execute("SELECT id FROM series WHERE instrument = ? AND point = ?",
+                                          (instrument, point))]
+
+
+def point_rows(db: sqlite3.Connection, sids: Sequence[int], instrument: str, *, lo: int = -2**63,
+               hi: int = 2**63 - 1) -> list[tuple[int, int, int, float | None, int]]:
+    """(id, series, ts, value, code) of the rows of these series with lo <= ts <= hi, in (ts, id) order."""
+    if not sids:
+        return []
+    sql = _SPAN_ROWS.format(sids=",".join("?" * len(sids))) + "ORDER BY s.ts_ms, s.id"
+    return db.execute(sql, (instrument, lo, hi, *sids, lo, hi)).fetchall()
+
+
+def reading_id_at(db: sqlite3.Connection, sids: Sequence[int], instrument: str, ts_ms: int) -> int | None:
+    """The smallest id of a row of these series at exactly ts_ms, or None."""
+    if not sids:
+        return None
+    sql = _SPAN_ROWS.format(sids=",".join("?" * len(sids))) + "ORDER BY s.id LIMIT 1"
+    row = db.execute(sql, (instrument, ts_ms, ts_ms, *sids, ts_ms, ts_ms)).fetchone()
+    return int(row[0]) if row else None
+
+
+def nearest_ts(db: sqlite3.Connection, sids: Sequence[int], instrument: str, ts_ms: int, n: int) -> list[int]:
+    """Up to n distinct stored times of these series before ts_ms and up to n after it, ascending."""
+    if not sids:
+        return []
+    marks = ",".join("?" * len(sids))
+    in_span = f"SELECT DISTINCT ts_ms FROM samples WHERE id BETWEEN ? AND ? AND series IN ({marks}) AND ts_ms "
+    before: set[int] = set()
+    # Newest span first; a message can add nothing once n times found are at or above its newest time.
+    for first, last, max_ts in db.execute(
+            "SELECT first_id, last_id, max_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
+            "AND min_ts < ? ORDER BY max_ts DESC", (instrument, ts_ms)):
+        if len(before) >= n and sorted(before, reverse=True)[n - 1] >= max_ts:
+            break
+        before.update(t for (t,) in db.execute(in_span + "< ?", (first, last, *sids, ts_ms)))
+    after: set[int] = set()
+    for first, last, min_ts in db.execute(
+            "SELECT first_id, last_id, min_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
+            "AND max_ts > ? ORDER BY min_ts", (instrument, ts_ms)):
+        if len(after) >= n and sorted(after)[n - 1] <= min_ts:
+            break
+        after.update(t for (t,) in db.execute(in_span + "> ?", (first, last, *sids, ts_ms)))
+    return sorted([*sorted(before, reverse=True)[:n], *sorted(after)[:n]])
+
+
+def last_readings(db: sqlite3.Connection, points: Iterable[tuple[str, str]],
+                  series: Mapping[tuple[str, str, str], int]) -> dict[tuple[str, str], tuple[int, int | None]]:
+    """(instrument, point) -> (newest ts, newest good ts) of the points that have readings (see
+    Store.last_readings). `series` maps (instrument, point, unit) to the series id."""
+    wanted = set(points)
+    by_instrument: dict[str, dict[int, str]] = {}
+    for (inst, point, _unit), sid in series.items():
+        if (inst, point) in wanted:
+            by_instrument.setdefault(inst, {})[sid] = point
+    out: dict[tuple[str, str], tuple[int, int | None]] = {}
+    for inst, sid_point in by_instrument.items():
+        n = len(set(sid_point.values()))
+        last: dict[str, int] = {}
+        good: dict[str, int] = {}
+        floor: int | None = None  # every point's newest and newest good time are at least this
+        for first, last_id, max_ts in db.execute(
+                "SELECT first_id, last_id, max_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
+                "ORDER BY max_ts DESC", (inst,)):
+            if floor is not None and max_ts is not None and floor >= max_ts:
+                break  # this message and every later one are no newer than what was found
+            for sid, newest, newest_good in db.execute(
+                    "SELECT series, MAX(ts_ms), MAX(CASE WHEN code & 3 = 0 AND value IS NOT NULL THEN ts_ms END) "
+                    "FROM samples WHERE id BETWEEN ? AND ? GROUP BY series", (first, last_id)):
+                point = sid_point.get(sid)
+                if point is None:
+                    continue
+                if newest > last.get(point, newest - 1):
+                    last[point] = newest
+                if newest_good is not None and newest_good > good.get(point, newest_good - 1):
+                    good[point] = newest_good
+            if len(good) == n:
+                floor = min(min(last.values()), min(good.values()))
+        for point, newest in last.items():
+            out[(inst, point)] = (newest, good.get(point))
+    return out
 
 
 # -- identity and integrity helpers (also used by `carbon-gateway store ...`) -----------------------

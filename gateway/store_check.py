@@ -276,6 +276,12 @@ def recover(source: Path, target: Path) -> RecoverReport:
             if messages_report and messages_report.damaged_spans:
                 report.rebuilt_messages, report.rebuilt_rows = _rebuild_lost_messages(
                     dst, messages_report.damaged_spans, int(time.time() * 1000))
+            # Readings messages without a time span (rebuilt above, or copied from an older store) get it
+            # from their rows: the time look-ups (schema 6) find readings through it.
+            dst.execute("UPDATE messages SET min_ts = (SELECT MIN(ts_ms) FROM samples WHERE id BETWEEN "
+                        "messages.first_id AND messages.last_id), max_ts = (SELECT MAX(ts_ms) FROM samples WHERE "
+                        "id BETWEEN messages.first_id AND messages.last_id) WHERE kind = 'readings' "
+                        "AND (min_ts IS NULL OR max_ts IS NULL)")
             # A lost message row leaves its pending entry naming nothing.
             report.dangling_pending = dst.execute(
                 "DELETE FROM pending WHERE message_id NOT IN (SELECT id FROM messages)").rowcount

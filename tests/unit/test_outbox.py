@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.model import Calibration, Quality, Reading
 from gateway.store import Derived, Store
+from gateway.store_schema import SCHEMA_VERSION
 
 
 def reading(instrument: str, i: int, value: float | None = 1.5) -> Reading:
@@ -201,7 +202,7 @@ def test_a_version_4_store_migrates_to_integer_coded_readings_with_every_row_and
         db.execute("INSERT INTO streams VALUES ('I0/readings', 30)")
     store = Store(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert db.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()[0] == "view"
         after = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
     # every column of every row as it was, the commit time and configuration version now per message

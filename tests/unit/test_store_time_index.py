@@ -1,0 +1,122 @@
+"""Schema 6: time look-ups go through the coarse per-message index (no per-reading index); their
+results equal a plain scan of the `readings` view, and a schema 5 store migrates with its rows intact."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from gateway.corrections import NEAREST, find_reading
+from gateway.model import Calibration, Quality, Reading
+from gateway.store import Store
+from gateway.store_schema import SCHEMA_VERSION
+
+T0 = 1_795_000_000_000
+
+
+def _fill(store: Store, seed: int = 7) -> None:
+    """Readings of 3 instruments, out-of-order and repeated times, a point stored in two units, a point
+    that is never good, and a point that stopped early, committed in several transactions."""
+    rnd = random.Random(seed)
+    for commit in range(12):
+        batch: list[Reading] = []
+        for poll in range(10):
+            t = T0 + (commit * 10 + poll) * 1000
+            for inst in ("A", "B", "C"):
+                for p in ("co2", "o2", "dead", "gone"):
+                    if p == "gone" and commit > 2:
+                        continue
+                    ts = t + rnd.choice([0, 0, 0, -1500, 250, -30_000])  # late and back-stepped readings
+                    bad = p == "dead" or rnd.random() < 0.15
+                    unit = "mg/m3" if p == "o2" and commit % 3 == 0 else "%vol"
+                    batch.append(Reading(inst, p, ts, None if bad else rnd.random(), unit,
+                                         Quality.BAD if bad else Quality.GOOD, "timeout" if bad else "",
+                                         Calibration.VALID))
+        store.commit(batch, now_ms=commit, per_message=7)
+
+
+def _view(path: Path) -> list[tuple[int, str, str, int, float | None, str, str, str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, instrument, point, ts_ms, value, unit, quality, reason, calibration "
+                          "FROM readings ORDER BY id").fetchall()
+
+
+def _expected_last(rows: list, inst: str, point: str) -> tuple[int, int | None] | None:
+    mine = [r for r in rows if r[1] == inst and r[2] == point]
+    if not mine:
+        return None
+    good = [r[3] for r in mine if r[6] == "good" and r[4] is not None]
+    return max(r[3] for r in mine), max(good) if good else None
+
+
+def _check(path: Path, store: Store) -> None:
+    rows = _view(path)
+    points = [(i, p) for i in ("A", "B", "C", "Z") for p in ("co2", "o2", "dead", "gone", "none")]
+    expected = {k: v for k in points if (v := _expected_last(rows, *k)) is not None}
+    assert store.last_readings(points) == expected
+    assert expected[("A", "dead")][1] is None
+    assert ("A", "none") not in expected
+    rnd = random.Random(3)
+    times = sorted({r[3] for r in rows})
+    for inst, point in points:
+        mine = sorted((r for r in rows if r[1] == inst and r[2] == point), key=lambda r: (r[3], r[0]))
+        for since in (times[0] - 1, *rnd.sample(times, 5), times[-1] + 1):
+            got = store.readings_since(inst, point, since)
+            assert got == [Reading(*r[1:6], Quality(r[6]), r[7], Calibration(r[8])) for r in mine if r[3] >= since]
+        for ts in (*rnd.sample(times, 8), times[0] - 5, times[-1] + 5, *(r[3] for r in mine[:3])):
+            at = [r[0] for r in mine if r[3] == ts]
+            assert store.reading_id_at(inst, point, ts) == (min(at) if at else None)
+            before = sorted({r[3] for r in mine if r[3] < ts}, reverse=True)[:NEAREST]
+            after = sorted({r[3] for r in mine if r[3] > ts})[:NEAREST]
+            assert find_reading(path, inst, point, ts) == ((min(at), []) if at else (None, sorted(before + after)))
+
+
+def test_time_lookups_equal_a_scan_of_every_reading_without_a_per_reading_index(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    _fill(store)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples'"
+                          ).fetchall() == []
+        assert db.execute("SELECT COUNT(*) FROM messages WHERE kind = 'readings' AND (min_ts IS NULL OR max_ts IS "
+                          "NULL OR min_ts > max_ts)").fetchone()[0] == 0
+    _check(path, store)
+    store.close()
+
+
+def test_a_version_5_store_migrates_to_the_coarse_time_index_with_every_row_intact(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path, config_version="cfg5")
+    _fill(store, seed=11)
+    store.close()
+    with sqlite3.connect(path) as db:  # back to the schema 5 layout: per-reading index, no message spans
+        db.execute("DROP INDEX messages_by_time")
+        db.execute("ALTER TABLE messages DROP COLUMN min_ts")
+        db.execute("ALTER TABLE messages DROP COLUMN max_ts")
+        db.execute("CREATE INDEX samples_by_series_time ON samples (series, ts_ms)")
+        db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        before = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
+        raw = db.execute("SELECT * FROM samples ORDER BY id").fetchall()
+        spans = db.execute("SELECT m.id, MIN(s.ts_ms), MAX(s.ts_ms) FROM messages m JOIN samples s ON s.id "
+                           "BETWEEN m.first_id AND m.last_id WHERE m.kind = 'readings' GROUP BY m.id ORDER BY m.id"
+                           ).fetchall()
+    store = Store(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "samples_by_series_time" not in indexes
+        assert "messages_by_time" in indexes
+        assert db.execute("SELECT * FROM readings ORDER BY id").fetchall() == before
+        assert db.execute("SELECT * FROM samples ORDER BY id").fetchall() == raw  # raw rows never rewritten
+        assert db.execute("SELECT id, min_ts, max_ts FROM messages WHERE kind = 'readings' ORDER BY id"
+                          ).fetchall() == spans
+    _check(path, store)
+    n = len(before)
+    store.commit([Reading("A", "co2", T0 + 10**9, 1.0, "%vol", Quality.GOOD, "", Calibration.VALID)], now_ms=99,
+                 per_message=7)
+    assert store.readings_since("A", "co2", T0 + 10**9)[0].ts_ms == T0 + 10**9
+    assert store.reading_id_at("A", "co2", T0 + 10**9) == n + 1
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
