@@ -17,7 +17,7 @@ metadata = MetaData()
 meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
 
 # Raw readings, integer-coded (schema 5, about 48 bytes a reading on disk against 117 before; schema 6,
-# without the per-reading time index, about NN; see bench/footprint.py): what repeats is stated once in
+# without the per-reading time index, about 30; see bench/footprint.py): what repeats is stated once in
 # `series` (instrument, point, unit) and `labels`
 # (reasons, configuration versions); a reading is its series, source time, value and one small `code`:
 #   code = quality (0 good, 1 uncertain, 2 bad) | calibration (0 valid, 1 due_soon, 2 expired,
