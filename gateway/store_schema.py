@@ -51,7 +51,9 @@ samples = Table(
 # go through the coarse per-message index instead (`messages.min_ts/max_ts`, `messages_by_time`): a message
 # is one instrument's consecutive readings (a plain id range of at most `per_message` rows), so the
 # messages whose time span meets the wanted time are found by that index and only their rows are read,
-# by rowid range (Store.readings_since, reading_id_at, last_readings, nearest_ts).
+# by rowid range (Store.readings_since, reading_id_at, last_readings, nearest_ts). Rows inserted through
+# the `readings` view belong to no message, so those look-ups do not see them until a message covers them
+# (`carbon-gateway store recover` cuts uncovered rows into messages).
 
 QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
 CALIBRATION_CODES = {"valid": 0, "due_soon": 1, "expired": 2, "unknown": 3}
