@@ -120,3 +120,19 @@ def test_a_version_5_store_migrates_to_the_coarse_time_index_with_every_row_inta
     store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_recovered_store_finds_readings_by_time_from_a_source_without_message_spans(tmp_path: Path) -> None:
+    from gateway.store_check import recover
+
+    src, dst = tmp_path / "old.db", tmp_path / "new.db"
+    store = Store(src)
+    _fill(store, seed=5)
+    store.close()
+    with sqlite3.connect(src) as db:  # messages copied from a store that had no time spans
+        db.execute("DROP INDEX messages_by_time")
+        db.execute("UPDATE messages SET min_ts = NULL, max_ts = NULL")
+    recover(src, dst)
+    store = Store(dst)
+    _check(dst, store)
+    store.close()
