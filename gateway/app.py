@@ -25,7 +25,7 @@ from gateway.overload import LoopLag, OverloadMonitor
 from gateway.poller import ConnectionPoller, failed_samples
 from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
-from gateway.registry import Config
+from gateway.registry import Config, few_collections
 from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules_async
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
@@ -207,7 +207,9 @@ class Gateway:
         steps that yield to the loop: the pollers, spawned before the writer, poll meanwhile and their
         readings wait in the bounded queue, in order, until the rules stage has seen them."""
         t0, cpu0 = time.perf_counter(), time.process_time()
-        rules = await load_rules_async(self.config.instruments, store, self.clock.wall_ms())
+        # Its per-point state lives as long as the writer: frozen out of later collections, like the configuration.
+        with few_collections(freeze=True):
+            rules = await load_rules_async(self.config.instruments, store, self.clock.wall_ms())
         log.info("rules stage ready: %d points in %.1f s (%.1f s CPU)", len(rules.points()),
                  time.perf_counter() - t0, time.process_time() - cpu0)
         return rules

@@ -156,15 +156,21 @@ def load_config(directory: Path, *, today: date | None = None, check_store: bool
 
 
 @contextlib.contextmanager
-def few_collections() -> Iterator[None]:
+def few_collections(*, freeze: bool = False) -> Iterator[None]:
     """Fewer cyclic garbage collections while a configuration is built: it allocates hundreds of thousands
     of objects that all stay alive, and with the default thresholds the collector kept scanning them
-    (~1 s of 3.5 s CPU for 2,500 meters x 20 points, cached parse). Thresholds are restored after."""
+    (~1 s of 3.5 s CPU for 2,500 meters x 20 points, cached parse). Thresholds are restored after.
+
+    With ``freeze`` (for objects that live as long as the process: `run`'s configuration and rules stage),
+    what is alive at the end is moved out of the collector's reach first (gc.freeze): else restoring the
+    thresholds sets off a full collection that scans all of it (~0.7 s), and every later one again."""
     old = gc.get_threshold()
     gc.set_threshold(max(old[0], 100_000), max(old[1], 50), max(old[2], 100))
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         gc.set_threshold(*old)
 
 
