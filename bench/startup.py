@@ -114,7 +114,10 @@ def time_first_poll(config: Path, log: Path,
             if logged is None and b" instruments on " in log.read_bytes():
                 logged = time.perf_counter() - t0
             if select.select([listener], [], [], 0.01)[0]:
-                return logged, time.perf_counter() - t0, process_cpu(proc.pid)
+                polled, cpu = time.perf_counter() - t0, process_cpu(proc.pid)
+                if logged is None and b" instruments on " in log.read_bytes():
+                    logged = polled  # both within the last poll interval
+                return logged, polled, cpu
         return logged, None, None
     finally:
         stop_process(proc)
