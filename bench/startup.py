@@ -6,8 +6,8 @@ file, one 40-register read per meter), then for each run measures, in fresh proc
 - `validate`: wall and CPU seconds of loading and checking the whole configuration;
 - `run`: wall seconds from the process start until it logs that it starts polling ("... instruments
   on ... connections"), and until its first poll reaches a meter (the first 250 meters share one
-  endpoint, a socket this bench listens on: the first connection to it is the first poll), i.e.
-  start-up to first poll; the process is stopped right after.
+  endpoint, a socket this bench listens on: the first request that arrives on it is the first poll),
+  i.e. start-up to first poll; the process is stopped right after.
 
 "cold" runs delete the parse cache first (<store dir>/config-cache); "cached" runs keep it. The
 other meters point at closed loopback ports and the broker URL at a closed port: start-up does not
@@ -100,11 +100,12 @@ def process_cpu(pid: int) -> float | None:
 
 def time_first_poll(config: Path, log: Path,
                     listener: socket.socket) -> tuple[float | None, float | None, float | None]:
-    """Seconds from the process start to the log line that polling starts and to the first connection
-    to `listener` (the first poll of the first meters), and the CPU seconds used by then; None if it
-    never came."""
+    """Seconds from the process start to the log line that polling starts and to the first request that
+    reaches `listener` (the first poll of the first meters: connected and sent, not only connecting), and
+    the CPU seconds used by then; None if it never came."""
     t0 = time.perf_counter()
     logged: float | None = None
+    conn: socket.socket | None = None
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config), "--duration", "600"],
                                 stdout=subprocess.DEVNULL, stderr=err, env=child_env())
@@ -113,15 +114,21 @@ def time_first_poll(config: Path, log: Path,
         while time.perf_counter() < deadline and proc.poll() is None:
             if logged is None and b" instruments on " in log.read_bytes():
                 logged = time.perf_counter() - t0
-            if select.select([listener], [], [], 0.01)[0]:
+            if conn is None and select.select([listener], [], [], 0)[0]:
+                conn = listener.accept()[0]
+            if conn is not None and select.select([conn], [], [], 0.01)[0]:  # its first request came
                 polled, cpu = time.perf_counter() - t0, process_cpu(proc.pid)
                 if logged is None and b" instruments on " in log.read_bytes():
-                    logged = polled  # both within the last poll interval
+                    logged = polled  # both within the last look
                 return logged, polled, cpu
+            if conn is None:
+                time.sleep(0.01)
         return logged, None, None
     finally:
         stop_process(proc)
-        while select.select([listener], [], [], 0)[0]:  # the connections of this run
+        if conn is not None:
+            conn.close()
+        while select.select([listener], [], [], 0)[0]:  # the other connections of this run
             listener.accept()[0].close()
 
 
