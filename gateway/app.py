@@ -247,7 +247,7 @@ class Gateway:
             events_seen = len(self._events)
             readings, more = rules.process(self._held)
             derived += more
-            derived += rules.tick(now)
+            derived += rules.tick(tick_time(now, queue.oldest_ts()))
             if readings or derived:  # the acks the forwarder gave the store go with this transaction
                 # The rules checkpoint goes with the readings it has seen: same transaction.
                 created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived,
@@ -346,6 +346,15 @@ class Gateway:
         return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
                 "clock": self.timekeeper.status(), "overload": self.overload.status(),
                 "loop_lag": self.loop_lag.status()}
+
+
+def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:
+    """How far time has passed for the rules stage: no further than the oldest reading still queued.
+
+    Readings waiting in the queue (while the rules stage is built at start-up, or while the writer is
+    behind) prove their meters answered; ticking past them would open a communication_loss gap for every
+    point not yet fed (the plant soak saw one per point at every start)."""
+    return now_ms if oldest_queued_ms is None else min(now_ms, oldest_queued_ms)
 
 
 def rules_hook(rules: RulesStage, name: str, *args: Any) -> list[Derived]:

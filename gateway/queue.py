@@ -42,6 +42,10 @@ class ReadingQueue:
         except TimeoutError:
             pass
 
+    def oldest_ts(self) -> int | None:
+        """Source time of the oldest queued reading (batches are queued in poll order), or None when empty."""
+        return self._items[0].ts_ms if self._items else None
+
     def take(self, limit: int) -> list[Reading]:
         out, self._items = self._items[:limit], self._items[limit:]
         if not self._items:
