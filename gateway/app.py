@@ -352,8 +352,8 @@ def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:
     """How far time has passed for the rules stage: no further than the oldest reading still queued.
 
     Readings waiting in the queue (while the rules stage is built at start-up, or while the writer is
-    behind) prove their meters answered; ticking past them would open a communication_loss gap for every
-    point not yet fed (the plant soak saw one per point at every start)."""
+    behind) prove their meters answered; ticking past them could open a communication_loss gap for a
+    point whose readings are merely not fed yet (tests/unit/test_tick_time.py)."""
     return now_ms if oldest_queued_ms is None else min(now_ms, oldest_queued_ms)
 
 
