@@ -98,3 +98,16 @@ class ConnectionBase(Strict):
     endpoints share one polling driver: one TCP connection or one serial bus) and `is_loopback: bool`
     (the simulator serves only loopback endpoints), as properties or fields.
     """
+
+
+class SerialLineBase(ConnectionBase):
+    """A connection over one RS-485 line. Subclasses declare `port`, `baudrate`, `parity`, `stopbits` and
+    `bytesize` (with their protocol's defaults); instruments on one port must agree on them."""
+
+    @property
+    def line_settings(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)  # type: ignore[attr-defined]
+
+    @property
+    def is_loopback(self) -> bool:
+        return False  # a serial line is never served by the network simulators

@@ -17,7 +17,7 @@ from drivers.dlt645.di import data_item, parse_di
 from drivers.dlt645.driver import Dlt645Device, Dlt645Point, serial_connection, tcp_connection
 from drivers.dlt645.frame import parse_address
 from gateway.errors import ConfigError
-from gateway.schema_base import ConnectionBase, PointBase, is_loopback_host
+from gateway.schema_base import ConnectionBase, PointBase, SerialLineBase, is_loopback_host
 
 _ADDRESS = Field(pattern=r"^[0-9]{1,12}$", description="meter address as on the nameplate, up to 12 digits")
 
@@ -27,7 +27,7 @@ def _address_text(v: Any) -> Any:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
 
 
-class Dlt645SerialConnection(ConnectionBase):
+class Dlt645SerialConnection(SerialLineBase):
     """An RS-485 bus: every meter on the same `port` shares one serial line (one request at a time)."""
 
     protocol: Literal["dlt645"]
@@ -46,13 +46,6 @@ class Dlt645SerialConnection(ConnectionBase):
     def endpoint(self) -> str:
         return f"dlt645://{self.port}"
 
-    @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
-    @property
-    def is_loopback(self) -> bool:
-        return False
 
 
 class Dlt645TcpConnection(ConnectionBase):

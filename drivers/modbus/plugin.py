@@ -15,7 +15,7 @@ from drivers.base import PlannedPoint, PollingDriver, ProtocolPlugin, Reporter, 
 from drivers.modbus.plan import find_overlaps, plan_requests
 from drivers.modbus.spec import DataType, ModbusDevice, ModbusPoint, Table, WordOrder
 from gateway.errors import ConfigError
-from gateway.schema_base import ConnectionBase, PointBase, Strict, is_loopback_host
+from gateway.schema_base import ConnectionBase, PointBase, SerialLineBase, Strict, is_loopback_host
 
 
 class ModbusPointModel(PointBase):
@@ -60,7 +60,7 @@ class ModbusRtuOverTcpConnection(ModbusTcpConnection):
         return f"rtu_over_tcp://{self.host}:{self.port}"
 
 
-class ModbusRtuConnection(ConnectionBase):
+class ModbusRtuConnection(SerialLineBase):
     """An RS-485 bus: every instrument on the same `port` shares one serial line (one request at a time)."""
 
     protocol: Literal["modbus_rtu"]
@@ -77,13 +77,6 @@ class ModbusRtuConnection(ConnectionBase):
     def endpoint(self) -> str:
         return f"modbus_rtu://{self.port}"
 
-    @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
-    @property
-    def is_loopback(self) -> bool:
-        return False
 
 
 ModbusConnectionModel = ModbusTcpConnection | ModbusRtuOverTcpConnection | ModbusRtuConnection
