@@ -73,14 +73,20 @@ def check_topic_prefix(v: str) -> str:
     return v
 
 
-def read_secret_file(path: Path) -> str:
-    """The secret in a file (stripped), or ValueError saying why it cannot be used (never the content)."""
+def _regular_file(path: Path) -> os.stat_result:
+    """stat() of a regular file, or ValueError naming why it cannot be read (a FIFO would hang a read)."""
     try:
         st = os.stat(path)
     except OSError as err:
         raise ValueError(f"cannot read {path}: {err.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"cannot read {path}: not a regular file")
+    return st
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in a file (stripped), or ValueError saying why it cannot be used (never the content)."""
+    st = _regular_file(path)
     if st.st_size > MAX_SECRET_BYTES:
         raise ValueError(f"{path} is {st.st_size:,} bytes: not a password file")
     try:
@@ -104,12 +110,7 @@ def read_secret_file(path: Path) -> str:
 
 def check_readable_file(path: Path) -> None:
     """A certificate/key/CA file must be a readable regular file; ValueError otherwise."""
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"cannot read {path}: not a regular file")
+    _regular_file(path)
     if not os.access(path, os.R_OK):
         raise ValueError(f"cannot read {path}: Permission denied")
 
