@@ -23,7 +23,10 @@ def active_health(rules: Sequence[HealthRule], samples: Sequence[RawSample]) -> 
     """The highest-priority health condition signalled by status bits in this poll, if any."""
     if not rules:
         return None
-    values = {s.point: s.value for s in samples if s.value is not None and s.quality is Quality.GOOD}
+    # A status word read as NaN or Inf says nothing about the device (the word itself is tagged bad/nan):
+    # int() of it raised and killed the poll (found by the hypothesis test in tests/unit/test_tagging.py).
+    values = {s.point: s.value for s in samples
+              if s.value is not None and s.quality is Quality.GOOD and math.isfinite(s.value)}
     active = [r for r in rules if r.point in values and (int(values[r.point]) >> r.bit & 1) != r.invert]
     if not active:
         return None

@@ -128,3 +128,15 @@ def test_tag_matches_the_reading_by_reading_reference(specs: dict[str, Instrumen
     assert [tuple(r) for r in got] == reference_tag(spec, samples) or \
         [str(tuple(r)) for r in got] == [str(r) for r in reference_tag(spec, samples)]  # NaN != NaN
     assert all(type(r).__name__ == "Reading" for r in got)
+
+
+def test_a_non_finite_status_word_is_no_health_signal() -> None:
+    """A status word read as NaN/Inf must not crash the poll: it is tagged bad/nan and signals nothing."""
+    from gateway.instruments import HealthRule
+    from gateway.registry_schema import NE107
+    from gateway.tagging import active_health
+
+    rule = HealthRule(point="status", bit=1, category=NE107.CHECK_FUNCTION, reason="calibration")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert active_health((rule,), [RawSample("status", 0, bad)]) is None
+    assert active_health((rule,), [RawSample("status", 0, 2.0)]) is rule
