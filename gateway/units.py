@@ -64,6 +64,11 @@ def check_unit(unit: str) -> None:
     _parse(unit)
 
 
+def unit_of(unit: str) -> pint.Unit:
+    """The pint unit a YAML spelling stands for (UnitError when unknown): for load-time checks only."""
+    return _parse(unit)
+
+
 @dataclass(frozen=True, slots=True)
 class Conversion:
     factor: float
