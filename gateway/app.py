@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import PollingDriver, SubscribingDriver
-from gateway import __version__
+from gateway import __version__, config_history
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
 from gateway.encode import EncoderContext, make_encoder
@@ -87,6 +87,11 @@ class Gateway:
         cfg = self.config
         st = cfg.settings
         store = Store(st.store.path, synchronous=st.store.synchronous, config_version=cfg.version)
+        try:
+            config_history.record_running(store, cfg, cause="start", now_ms=self.clock.wall_ms())
+        except BaseException:
+            store.close()
+            raise
         queue = ReadingQueue(st.limits.queue_readings)
         encoder = make_encoder(st.output.encoder, EncoderContext(st.mqtt.topic_prefix, st.gateway.id,
                                                                   store.epoch, cfg.version))

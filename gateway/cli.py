@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, cli_config
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     ev = rsub.add_parser("evaluate", help="evaluate substitution scenarios (JSON) and print one result per line")
     ev.add_argument("file", type=Path)
+
+    cli_config.add_parser(sub)  # issue 11: config history
     return parser
 
 
@@ -174,6 +176,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "store":
         return _store_command(args)
+    if args.command == "config":
+        return cli_config.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 

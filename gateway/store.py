@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
+from gateway import config_history
 from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import (
@@ -655,6 +656,12 @@ class Store:
     def last_reading_ts(self) -> int | None:
         row = self._db.execute("SELECT MAX(max_ts) FROM messages WHERE kind = 'readings'").fetchone()
         return int(row[0]) if row and row[0] is not None else None
+
+    @_guarded("recording the configuration")
+    def record_config(self, version: str, manifest: dict[str, Any], *, cause: str,
+                      now_ms: int) -> config_history.Entry | None:
+        """Append the configuration to `config_history` if it differs from the last one recorded (issue 11)."""
+        return config_history.record(self._db, version, manifest, cause=cause, now_ms=now_ms)
 
     @_guarded("reading store statistics")
     def stats(self) -> StoreStats:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -159,6 +159,25 @@ rules_state = Table(
     Column("stored_ms", Integer, nullable=False),
 )
 
+# Configuration history (issue 11 item 2, schema 7; gateway/config_history.py): one row per distinct configuration
+# the gateway ran under, append-only. `version` is the text readings reference (`messages.config` -> labels,
+# `records.config_version`); `manifest` (JSON) is what shaped the data, `changes` (JSON) the difference to the
+# row before; `cause` is "start" or "reload", `user`/`pid`/`host` the process that recorded it.
+config_history = Table(
+    "config_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Text, nullable=False),
+    Column("started_ms", Integer, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("user", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("previous", Text, nullable=True),
+    Column("changes", Text, nullable=False),
+    Column("manifest", Text, nullable=False),
+)
+
 # The store's identity lives in `meta` under key `epoch` (a uuid4 hex made with the store; schema 3 gives
 # one to older stores on open): subscribers deduplicate by (instrument, epoch, seq).
 
@@ -213,6 +232,12 @@ MIGRATIONS: list[list[str]] = [
         "messages.last_id) WHERE kind = 'readings'",
         "DROP INDEX IF EXISTS samples_by_series_time",
         _TIME_INDEX,
+    ],
+    [
+        # 6 -> 7: the configuration history (issue 11 item 2); older configurations are not known.
+        "CREATE TABLE IF NOT EXISTS config_history (id INTEGER NOT NULL PRIMARY KEY, version TEXT NOT NULL, "
+        "started_ms INTEGER NOT NULL, cause TEXT NOT NULL, user TEXT NOT NULL, pid INTEGER NOT NULL, "
+        "host TEXT NOT NULL, previous TEXT, changes TEXT NOT NULL, manifest TEXT NOT NULL)",
     ],
 ]
 
