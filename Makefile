@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := mosquitto socat
 
-.PHONY: demo test lint bench bench-throughput system-tools venv clean
+.PHONY: demo test lint bench bench-throughput sparkplug-proto system-tools venv clean
 
 demo: venv system-tools
 	$(VENV)/bin/python -m simulators.demo $(if $(DURATION),--duration $(DURATION))
@@ -39,6 +39,14 @@ bench: venv system-tools
 
 bench-throughput: venv system-tools
 	$(VENV)/bin/python -m bench.throughput
+
+# Regenerate the committed Sparkplug B bindings from gateway/sparkplug/sparkplug_b.proto (issue 12). Only
+# needed when the .proto changes; the gateway itself needs just the protobuf runtime. The protoc in
+# grpcio-tools must match the protobuf major in pyproject.toml.
+sparkplug-proto: venv
+	$(VENV)/bin/python -m pip install --quiet "grpcio-tools>=1.85,<1.86"
+	$(VENV)/bin/python -m grpc_tools.protoc --proto_path=gateway/sparkplug --python_out=gateway/sparkplug \
+		gateway/sparkplug/sparkplug_b.proto
 
 venv: $(STAMP)
 

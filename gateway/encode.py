@@ -41,6 +41,7 @@ class EncoderContext:
     gateway: str  # gateway.id
     epoch: str  # Store.epoch: the identity of the store the seqs count in
     config_version: str = ""
+    output: Any = None  # settings.OutputSettings: an encoder's own options (e.g. output.sparkplug)
 
 
 def readings_topic(prefix: str, gateway: str, instrument: str) -> str:
@@ -132,6 +133,7 @@ class JsonEncoder:
 ENCODERS: dict[str, str] = {
     "json": "gateway.encode:JsonEncoder",
     "json_compact": "gateway.encode_compact:CompactJsonEncoder",
+    "sparkplug": "gateway.encode_sparkplug:SparkplugEncoder",
 }
 
 

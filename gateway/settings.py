@@ -223,10 +223,26 @@ class StoreSettings(Strict):
     max_size_mb: float | None = Field(default=None, gt=0)
 
 
+# -- issue 12 item 1: Sparkplug B output (docs/sparkplug.md) --------------------------------------
+_SPARKPLUG_ID = r"^[^/+#]{1,64}$"  # one topic level, no wildcards (Sparkplug 3.0 4.1.1)
+
+
+class SparkplugSettings(Strict):
+    group_id: str = Field(default="carbon", pattern=_SPARKPLUG_ID)
+    edge_node_id: str | None = Field(default=None, pattern=_SPARKPLUG_ID)  # None: gateway.id
+    # The primary host application's id: no births (and no data) until its spBv1.0/STATE/{id} says
+    # online; while it is offline the readings wait in the store and are sent with is_historical.
+    primary_host_id: str | None = Field(default=None, pattern=_SPARKPLUG_ID)
+    # The JSON topics beside Sparkplug (same messages, acknowledged together), or none: Sparkplug only.
+    json_topics: Literal["none", "json", "json_compact"] = "none"
+
+
 class OutputSettings(Strict):
     # The wire format of readings (docs/mqtt.md): `json` (carbon-gateway/readings/1, every field per
-    # reading) or `json_compact` (carbon-gateway/readings-compact/1: units and defaults once per message).
-    encoder: Literal["json", "json_compact"] = "json"
+    # reading) or `json_compact` (carbon-gateway/readings-compact/1: units and defaults once per message),
+    # or `sparkplug` (Sparkplug B 3.0, docs/sparkplug.md; JSON beside it with sparkplug.json_topics).
+    encoder: Literal["json", "json_compact", "sparkplug"] = "json"
+    sparkplug: SparkplugSettings = SparkplugSettings()
 
 
 class Limits(Strict):
