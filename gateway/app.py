@@ -26,6 +26,7 @@ from gateway.poller import ConnectionPoller, failed_samples
 from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
 from gateway.registry import Config, few_collections
+from gateway.replay import attach as attach_replay
 from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules_async
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
@@ -124,6 +125,9 @@ class Gateway:
             sup.spawn(f"subscribe {spec.id}", functools.partial(drv.run, ingest),
                       on_failure=self._mark_failed([spec], queue))
         sup.spawn("forwarder", forwarder.run)
+        replayer = attach_replay(forwarder, st, store, encoder, self.clock.wall_ms)  # issue 12: commands
+        if replayer is not None:
+            sup.spawn("replay", replayer.run)
         sup.spawn("writer", functools.partial(self._write, queue, store, forwarder))
         sup.spawn("inbox", functools.partial(self._inbox, store, forwarder))
         sup.spawn("pruner", functools.partial(self._prune, store))

@@ -78,6 +78,9 @@ class Forwarder:
         self._progress = time.monotonic()  # last PUBACK, or when the in-flight window last became non-empty
         self._restart_at: float | None = None
         self._restart_delay = settings.reconnect_min_s
+        # Commands to the gateway (issue 12: replay on request): topic -> handler, subscribed on every
+        # connect; only the topics configured are ever subscribed.
+        self.commands: dict[str, Callable[[bytes], None]] = {}
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Forwarder:
         self._set_state("online", announce=False)
         for pub in self.encoder.birth(self._status_body(), self._meta()):  # status online, then each meta
             self._send(pub)
+        self.transport.subscribe(sorted(self.commands))
         self._wake.set()
 
     def transport_failed(self, line: str, *, fatal: bool) -> None:
@@ -160,6 +164,25 @@ class Forwarder:
             self.stats.acked += 1
             self.store.ack((msg_id,))
         self._wake.set()
+
+    def transport_message(self, topic: str, payload: bytes) -> None:
+        handler = self.commands.get(topic)
+        if handler is None:
+            return  # not a command topic of ours (e.g. a broker that sends what was never asked for)
+        try:
+            handler(payload)
+        except Exception:
+            log.exception("%s: command on %s failed", self.where, topic)
+
+    def send_extra(self, pub: Any) -> bool:
+        """Publish something the store does not track (command responses, replays): QoS as given, its
+        acknowledgement only counts as progress. False when the transport refused it now."""
+        return self.stats.connected and self._send(pub)
+
+    @property
+    def window_free(self) -> int:
+        """How many more messages the in-flight window takes now."""
+        return self.settings.max_inflight - len(self._outstanding)
 
     def transport_died(self, err: BaseException) -> None:
         if self._state == "offline" and self._restart_at is not None:

@@ -245,6 +245,27 @@ class OutputSettings(Strict):
     sparkplug: SparkplugSettings = SparkplugSettings()
 
 
+# -- issue 12 item 2: commands to the gateway (replay on request) -----------------------------------
+class ReplaySettings(Strict):
+    # The largest request payload read; anything longer is rejected unread.
+    max_request_bytes: int = Field(default=4096, ge=256, le=65_536)
+    # The most messages one request may ask for (larger ranges: several requests).
+    max_messages: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Replayed messages per second at most, and at most this share of the in-flight window, so live
+    # data keeps flowing beside a replay.
+    rate_msgs_s: float = Field(default=50.0, gt=0, le=10_000)
+    window_share: float = Field(default=0.5, gt=0, le=1)
+    # Requests waiting behind the one being served; more are rejected as `busy`.
+    max_queued: int = Field(default=8, ge=0, le=1000)
+
+
+class CommandSettings(Strict):
+    # The command topics subscribed, by name: `replay` is {prefix}/{gateway}/cmd/replay. Nothing else
+    # is ever subscribed; an empty list (the default) subscribes to nothing.
+    subscribe: list[Literal["replay"]] = Field(default_factory=list)
+    replay: ReplaySettings = ReplaySettings()
+
+
 class Limits(Strict):
     queue_readings: int = Field(default=20_000, ge=100)  # bound between pollers and the store writer
     due_soon_days: int = Field(default=30, ge=0, le=3650)
@@ -260,5 +281,6 @@ class Settings(Strict):
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
     output: OutputSettings = OutputSettings()
+    commands: CommandSettings = CommandSettings()  # issue 12: replay on request
     limits: Limits = Limits()
     instruments_dir: Path = Path("instruments")

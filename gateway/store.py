@@ -584,6 +584,65 @@ class Store:
             return self.readings_range(msg.first_id, msg.last_id)
         return self.records_range(msg.first_id, msg.last_id)
 
+    # -- replay on request (issue 12): delivered messages are kept until retention prunes them ----------
+
+    @_guarded("reading a stream's bounds")
+    def stream_bounds(self, instrument: str, kind: str) -> tuple[int, int] | None:
+        """(oldest seq still kept whole, last seq) of one stream (oldest > last: all pruned), or None when
+        it never had a message.
+
+        Retention deletes readings by id prefix, so only the oldest kept readings message of an
+        instrument can have lost some of its rows: it counts as gone."""
+        stream = f"{instrument}/{kind}"
+        last = self._seq.get(stream, 0)
+        if not last:
+            return None
+        row = self._db.execute("SELECT seq, first_id FROM messages WHERE stream = ? ORDER BY seq LIMIT 1",
+                               (stream,)).fetchone()
+        if row is None:
+            return last + 1, last  # every message of it was pruned
+        oldest, first_id = int(row[0]), int(row[1])
+        if kind == KIND_READINGS:
+            lowest = self._db.execute("SELECT MIN(id) FROM samples").fetchone()[0]
+            if lowest is None or first_id < lowest:
+                oldest += 1
+        return oldest, last
+
+    @_guarded("reading messages for a replay")
+    def stream_messages(self, instrument: str, kind: str, *, after_seq: int, up_to_seq: int,
+                        ts_from: int | None = None, ts_to: int | None = None, limit: int = 100) -> list[Outgoing]:
+        """The kept messages of one stream with after_seq < seq <= up_to_seq, in seq order, each with the
+        records it carried (a resend carries the same rows). With ts_from/ts_to, only readings messages
+        whose source times meet [ts_from, ts_to], or other messages committed in it."""
+        sql = ("SELECT id, instrument, kind, seq, first_id, last_id, created_ms FROM messages "
+               "WHERE stream = ? AND seq > ? AND seq <= ?")
+        args: list[object] = [f"{instrument}/{kind}", after_seq, up_to_seq]
+        if ts_from is not None and ts_to is not None:
+            sql += " AND max_ts >= ? AND min_ts <= ?" if kind == KIND_READINGS else " AND created_ms BETWEEN ? AND ?"
+            args += [ts_from, ts_to]
+        rows = self._db.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        out = []
+        for r in rows:
+            m = Message(*r)
+            body = self.message_rows(m)
+            if len(body) != m.last_id - m.first_id + 1:
+                break  # pruned meanwhile: what is left of it is not the message that was sent
+            out.append(Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, body))
+        return out
+
+    @_guarded("finding a stream's seqs by time")
+    def seq_span(self, instrument: str, kind: str, ts_from: int, ts_to: int) -> tuple[int, int] | None:
+        """(first, last) seq of the kept messages of a stream that meet the time range, or None."""
+        if kind == KIND_READINGS:
+            row = self._db.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM messages WHERE kind = 'readings' "
+                                   "AND instrument = ? AND max_ts >= ? AND min_ts <= ?",
+                                   (instrument, ts_from, ts_to)).fetchone()
+        else:
+            row = self._db.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM messages WHERE stream = ? "
+                                   "AND created_ms BETWEEN ? AND ?",
+                                   (f"{instrument}/{kind}", ts_from, ts_to)).fetchone()
+        return (int(row[0]), int(row[1])) if row and row[2] else None
+
     @_guarded("reading records")
     def records(self, kind: str, instrument: str, point: str, *, since_ms: int = 0,
                 last: int | None = None) -> list[dict[str, Any]]:

@@ -41,6 +41,10 @@ class TransportListener(Protocol):
 
     def transport_died(self, err: BaseException) -> None: ...
 
+    def transport_message(self, topic: str, payload: bytes) -> None:
+        """A message on a subscribed topic (commands to the gateway, issue 12)."""
+        ...
+
 
 class Transport(Protocol):
     @property
@@ -53,6 +57,10 @@ class Transport(Protocol):
         ...
 
     def alive(self) -> bool: ...
+
+    def subscribe(self, topics: list[str]) -> None:
+        """Subscribe (QoS 1) on the current connection; called again after every (re)connect."""
+        ...
 
     def restart(self) -> None:
         """Start anew after its machinery died; whatever was in flight is gone (the caller resends)."""
@@ -113,6 +121,7 @@ class MqttTransport:
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
         client.on_thread_death = self._paho_thread_death
+        client.on_message = self._paho_message
         return client
 
     def start(self, listener: TransportListener, will: Publish) -> None:
@@ -130,7 +139,7 @@ class MqttTransport:
         old, self._client = self._client, None
         if old is not None:
             old.on_connect = old.on_connect_fail = old.on_disconnect = old.on_publish = None
-            old.on_thread_death = None
+            old.on_thread_death = old.on_message = None
             self._teardown(old)
         self._launch()
 
@@ -158,6 +167,10 @@ class MqttTransport:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             return None
         return int(info.mid)
+
+    def subscribe(self, topics: list[str]) -> None:
+        if self._client is not None and topics:
+            self._client.subscribe([(t, 1) for t in topics])
 
     def stop(self, last: Publish | None, *, timeout_s: float) -> None:
         client = self._client
@@ -193,6 +206,10 @@ class MqttTransport:
         assert self._listener is not None
         # MQTT 5 PUBACK with a failure reason (e.g. quota exceeded): not delivered.
         self._hop(self._listener.transport_acked, mid, str(rc) if rc.is_failure else None)
+
+    def _paho_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        assert self._listener is not None
+        self._hop(self._listener.transport_message, msg.topic, bytes(msg.payload))
 
     def _paho_thread_death(self, err: BaseException) -> None:
         assert self._listener is not None
