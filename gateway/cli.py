@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, cli_config
+from gateway import __version__, cli_config, cli_status
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("file", type=Path)
 
     cli_config.add_parser(sub)  # issue 11: config history
+    cli_status.add_parser(sub)  # issue 11: status
     return parser
 
 
@@ -178,6 +179,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _store_command(args)
     if args.command == "config":
         return cli_config.run(args)
+    if args.command == "status":
+        return cli_status.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 
