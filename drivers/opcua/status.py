@@ -9,7 +9,7 @@ So `reason.split(":", 1)[0]` is always the stable code a subscriber switches on,
 colon (when present) is the server's own word. The full 32-bit code is kept in RawSample.status.
 
 Quality follows the severity bits (00 good, 01 uncertain, 10/11 bad), with two documented exceptions
-from missing-data.md §4: UncertainNoCommunicationLastUsableValue and UncertainInitialValue are demoted to
+from the flag mapping of docs/opcua.md: UncertainNoCommunicationLastUsableValue and UncertainInitialValue are demoted to
 bad, because the value is stale or was never read from the source and must count as missing.
 """
 
@@ -42,7 +42,7 @@ _CODE_MASK = 0xFFFF0000  # drop structure-changed, info type and limit/overflow 
 
 
 class _Sc:
-    """The codes named in missing-data.md §1.5/§4 (hex values verified there)."""
+    """The codes named in OPC 10000-4 StatusCodes (docs/opcua.md)."""
 
     GoodLocalOverride = 0x00960000
     UncertainNoCommunicationLastUsableValue = 0x408F0000
@@ -60,7 +60,7 @@ class _Sc:
     BadOutOfService = 0x808D0000
 
 
-# masked code -> gateway reason (missing-data.md §4 "OPC UA code read from a server" column).
+# masked code -> gateway reason (docs/opcua.md, "OPC UA code read from a server").
 _GATEWAY_REASON: dict[int, str] = {
     _Sc.BadNoCommunication: REASON_NO_COMMUNICATION,
     _Sc.BadCommunicationError: REASON_NO_COMMUNICATION,
@@ -80,7 +80,7 @@ _GATEWAY_REASON: dict[int, str] = {
     _Sc.GoodLocalOverride: REASON_MANUAL,
 }
 
-# Uncertain by severity, but the value must count as missing (missing-data.md §4).
+# Uncertain by severity, but the value must count as missing (docs/opcua.md).
 _DEMOTED_TO_BAD = frozenset({_Sc.UncertainNoCommunicationLastUsableValue, _Sc.UncertainInitialValue})
 
 _RANK = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}

@@ -3,7 +3,7 @@
 Validity per the configured rule: ``mrr`` (>= 80 % of the possible points, Reg. (EU) 2018/2066 Art. 44(2)),
 ``part75`` (one valid point per 15-minute quadrant, 40 CFR 75.10(d)(1)) or ``fraction`` (a configured
 share). A valid point is a GOOD reading with a finite value: any Bad or Uncertain reading is not
-quality-assured (missing-data.md §4). Totalizers are aggregated by totalizer.py instead.
+quality-assured (docs/rules.md §4). Totalizers are aggregated by totalizer.py instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Direction of conservatism (missing-data.md §2.4): which way a substitute must err."""
+"""Direction of conservatism (docs/rules.md §3): which way a substitute must err."""
 
 from __future__ import annotations
 

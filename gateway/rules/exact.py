@@ -1,7 +1,7 @@
 """Exact arithmetic for regulatory thresholds and means.
 
 Thresholds (PMA >= 95 %, alpha >= 75 %, 80 % of points) are compared on exact fractions so that
-rounding can never promote an hour to a more lenient tier (missing-data.md §2.3).
+rounding can never promote an hour to a more lenient tier (docs/rules.md §2.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Sub-hour samples to one hour value: is the hour valid, and what is its mean (missing-data.md §2.1)?
+"""Sub-hour samples to one hour value: is the hour valid, and what is its mean?
+(Reg. (EU) 2018/2066 Art. 44(2); 40 CFR 75.10(d).)
 
 - ``fraction_rule``: MRR Art. 44(2), valid when the valid points are at least 80 % of the maximum possible
   (the fraction is configurable); the hour value is the mean of the valid points (pro rata).

@@ -1,4 +1,4 @@
-"""Hour records and gaps: the data model of missing-data.md §2.1.
+"""Hour records and gaps: the data model of docs/rules.md §2.1.
 
 History is a sequence of operating hours in strictly increasing order. An hour absent from the history is
 a non-operating hour: Part 75 §75.30(a) substitutes only hours in which the unit operated, so absent hours
@@ -30,7 +30,7 @@ class HourValue:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A maximal run of operating hours without a QA value (missing-data.md §2.1)."""
+    """A maximal run of operating hours without a QA value (docs/rules.md §2.1)."""
 
     hours: tuple[int, ...]
     non_operating: tuple[int, ...] = ()

@@ -1,4 +1,4 @@
-"""Lookback(W): the last W quality-assured values before a gap (missing-data.md §2.1).
+"""Lookback(W): the last W quality-assured values before a gap (docs/rules.md §2.1).
 
 Counted in valid operating hours, not clock hours: a clock-hour window gives a different (wrong) answer
 whenever an invalid hour falls inside it. Values older than 26,280 clock hours (3 years) before the gap

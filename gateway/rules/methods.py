@@ -70,6 +70,12 @@ def _non_negative_int(v: Any) -> Any:
     return v
 
 
+def _utc_offset(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, int) or not -12 <= v <= 14:
+        _fail(f"expected a whole number of hours within -12..14, got {v!r}")
+    return v
+
+
 def _bool(v: Any) -> Any:
     if not isinstance(v, bool):
         _fail(f"expected true or false, got {v!r}")
@@ -111,7 +117,7 @@ def _percentile(v: Any) -> Any:
 def _nearest_rank_only(v: Any) -> Any:
     if v != "nearest_rank":
         _fail(f"only nearest_rank is supported, got {v!r}: an interpolated percentile is not a recorded hourly "
-              "value (missing-data.md §1.1)")
+              "value (40 CFR 75.33(b): 'the 90th percentile hourly value recorded')")
     return v
 
 
@@ -130,6 +136,7 @@ Number = Annotated[float, BeforeValidator(_number)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_positive_int)]
 NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_non_negative_int)]
 Flag = Annotated[bool, BeforeValidator(_bool)]
+UtcOffset = Annotated[int, Field(ge=-12, le=14), BeforeValidator(_utc_offset)]
 Text = Annotated[str, Field(pattern=r"\S"), BeforeValidator(_text)]
 PercentOrCompute = Annotated[Annotated[float, Field(ge=0, le=100)] | Literal["compute"], Exact(),
                              BeforeValidator(_percent_or_compute)]
@@ -157,14 +164,14 @@ class CommonParams(BaseModel):
                               json_schema_extra=_info_schema)
 
     direction: _choice(DirectionName) | None = Field(  # type: ignore[valid-type]
-        default=None, description="high: a larger value gives more emissions; low: the opposite (§2.4)")
+        default=None, description="high: a larger value gives more emissions; low: the opposite (docs/rules.md §3)")
     default_value: Number | None = Field(
         default=None, description="the configured conservative default, and every method's last fallback")
     citation: Text | None = Field(default=None, description="plan reference, stored as plan_citation")
     physical_min: Number | None = Field(default=None, description="every substitute is clipped to this minimum")
     physical_max: Number | None = Field(default=None, description="every substitute is clipped to this maximum")
     provisional_policy: _choice(ProvisionalPolicy) = Field(  # type: ignore[valid-type]
-        default="last_good", description="the value published while the gap is open (§2.5)")
+        default="last_good", description="the value published while the gap is open (docs/rules.md §2.4)")
     open_gap_fallback: _choice(OpenGapFallback) = Field(  # type: ignore[valid-type]
         default="hour_before", description="replaces HA while no value after the gap exists yet")
 
@@ -228,6 +235,10 @@ class Hj75Params(CommonParams):
     below_75_fallback: _choice(Literal["fixed_conservative_default"]) = "fixed_conservative_default"  # type: ignore[valid-type]
     length_rule: _choice(LengthRule) = "whole_period"  # type: ignore[valid-type]
     max_age_hours: PositiveInt = PART75_MAX_AGE_HOURS
+    # Issue 10 item 1: alpha is taken over the calendar quarter of the missing hour, in local time.
+    quarter_utc_offset_hours: UtcOffset = Field(
+        default=8, description="the local time of the calendar quarters alpha is taken over, in hours east of "
+                               "UTC (8: China Standard Time)")
 
     @property
     def given_alpha(self) -> Fraction | None:
@@ -250,7 +261,7 @@ class HourBeforeAfterParams(PotentialParams):
 
 
 class PercentileLookbackParams(LookbackParams):
-    """Nearest-rank percentile of Lookback(W), optionally floored by HB/HA (missing-data.md §2.2, design-choice)."""
+    """Nearest-rank percentile of Lookback(W), optionally floored by HB/HA (docs/rules.md §2.2, design-choice)."""
 
     selector: Literal["percentile_lookback"]
     percentile: Percentile = Field(description="p for direction high; low uses 100 - p")
@@ -263,13 +274,13 @@ class PercentileLookbackParams(LookbackParams):
 
 
 class MaxLookbackParams(LookbackParams):
-    """Maximum of Lookback(W): the high-direction routine (missing-data.md §2.2)."""
+    """Maximum of Lookback(W): the high-direction routine (docs/rules.md §2.2)."""
 
     selector: Literal["max_lookback"]
 
 
 class MinLookbackParams(LookbackParams):
-    """Minimum of Lookback(W): the low-direction routine (missing-data.md §2.2)."""
+    """Minimum of Lookback(W): the low-direction routine (docs/rules.md §2.2)."""
 
     selector: Literal["min_lookback"]
 
@@ -410,6 +421,9 @@ def _has_exact(annotation: Any) -> bool:
 
 
 FLAT_FIELDS: Mapping[str, tuple[Any, bool]] = _flat_fields()
+# Parameters added after records were first stored: traced and hashed only when not at their default, so
+# every record stored before them keeps its config_hash and record_id.
+LATER_FIELDS: frozenset[str] = frozenset({"quarter_utc_offset_hours"})
 
 
 def flat_value(params: CommonParams, name: str) -> Any:

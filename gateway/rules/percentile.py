@@ -1,4 +1,4 @@
-"""Nearest-rank percentile (missing-data.md §1.1, design-choice).
+"""Nearest-rank percentile (design-choice for 40 CFR 75.33(b)'s 'percentile hourly value recorded'; docs/rules.md §2.2).
 
 Part 75 asks for "the 90th percentile hourly value recorded": nearest rank always returns a value that
 was actually recorded, where interpolating methods (numpy's default) invent one.

@@ -1,4 +1,4 @@
-"""The substitution routines of missing-data.md §2.2, each a pure function returning an ``Outcome``.
+"""The substitution routines of docs/rules.md §2.2, each a pure function returning an ``Outcome``.
 
 Selectors (selectors.py) decide which routine applies to an hour; these only compute it.
 """
@@ -69,7 +69,7 @@ def _p_text(p: Fraction) -> str:
 
 def percentile_outcome(window: LookbackWindow, p_high: Fraction, direction: Direction, citation: str,
                        hbha: HbHa | None) -> Outcome | None:
-    """Nearest-rank percentile of the window: p for high, 100 - p for low (§2.2).
+    """Nearest-rank percentile of the window: p for high, 100 - p for low (docs/rules.md §2.2).
 
     With ``hbha`` (floor_hbha), the greater of P and HB/HA for high, the lesser for low (§75.33(b)(1)(ii),
     §75.37(d)(1)); the record then carries MODC 06 when HB/HA wins, as ECMPS checks.

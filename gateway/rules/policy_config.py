@@ -1,7 +1,7 @@
 """Substitution policy configuration: one per point, validated once at load time.
 
 The methods and their parameter models are declared in ``methods.py``; this module turns a ``missing_data``
-block into a ``SubstitutionPolicy`` and checks what the models cannot: the direction (§2.4, standard
+block into a ``SubstitutionPolicy`` and checks what the models cannot: the direction (docs/rules.md §3, standard
 10.1.3 f), the rules between parameters, and the fallback values a rare branch will need.
 ``validate_policy_config`` returns every problem as a ``field: message`` string (the config loader
 locates them in the YAML); ``parse_policy_config`` returns the policy or raises ``PolicyConfigError``
@@ -25,6 +25,7 @@ from gateway.rules.exact import fraction_text
 from gateway.rules.methods import (
     FLAT_FIELDS,
     INFO_KEYS,
+    LATER_FIELDS,
     METHODS,
     SELECTORS,
     CommonParams,
@@ -127,6 +128,8 @@ class SubstitutionPolicy:
         out: dict[str, Any] = {}
         for name in FLAT_FIELDS:
             value = flat_value(self.params, name)
+            if name in LATER_FIELDS and value == FLAT_FIELDS[name][0]:
+                continue
             if name == "direction":
                 value = None if self.direction is None else self.direction.value
             elif isinstance(value, Fraction):
@@ -143,7 +146,7 @@ def validate_policy_config(config: Mapping[str, Any], *, feeds_emissions: bool =
                            require_fallbacks: bool = True) -> list[str]:
     """Every problem of one point's policy config, as ``field: message`` strings (empty when valid).
 
-    ``feeds_emissions``: the point feeds an emission figure, so a direction is mandatory (§2.4; standard
+    ``feeds_emissions``: the point feeds an emission figure, so a direction is mandatory (docs/rules.md §3; standard
     10.1.3 f). ``require_fallbacks``: demand every value a rarely taken branch may need (maximum potential,
     default) now, at load time, instead of failing in the middle of a gap. The auditor tool turns this off
     and reports a missing value only when its scenario reaches the branch.
@@ -209,7 +212,7 @@ def resolve_policy(params: CommonParams, *, feeds_emissions: bool = True, requir
     if direction is None and "direction" not in skip:
         if feeds_emissions:
             errors.append("direction: required (high or low) for a point that feeds an emission figure "
-                          "(missing-data.md §2.4, standard 10.1.3 f)")
+                          "(group standard 10.1.3 f: conservative principle; docs/rules.md §3)")
         elif method.direction is DirectionRule.REQUIRED:
             errors.append(f"direction: {method.name} needs a direction (high or low)")
     errors.extend(method.check(params, direction))

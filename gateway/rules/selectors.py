@@ -1,4 +1,4 @@
-"""Selectors: which routine applies to one gap hour (missing-data.md §2.3).
+"""Selectors: which routine applies to one gap hour (docs/rules.md §2.2).
 
 ``part75_tier`` and ``hj75_window`` are the pure tier tables. Each method's routine takes the gap context,
 the method's own parameters, the hour and the gap length used; ``methods.py`` declares which routine
@@ -102,12 +102,17 @@ def part75_citation(tier: Part75Tier, pma: Fraction, kind: str, direction: Direc
 
 
 def hj75_window(alpha: Fraction, n: int, short: int, long: int, low_alpha: int) -> int | None:
-    """HJ 75-2017 data-invalid-period table (corroborated); None below 75 % (not covered by the table)."""
+    """HJ 75-2017 tables 7/8 (invalid-period substitution); None below 75 % (not covered by the table)."""
     if alpha >= 90:
         return short if n <= 24 else long
     if alpha >= 75:
         return low_alpha
     return None
+
+
+# The monitoring plan's default (its edition and section are the point's plan_citation): the group standard's
+# conservative principle (10.1.3 f) is the rule it serves.
+CONSERVATIVE_DEFAULT = "group standard 10.1.3 f: the monitoring plan's conservative default"
 
 
 def select_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
@@ -116,25 +121,27 @@ def select_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
 
 
 def provisional_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
-    """The value published while the gap is open (missing-data.md §2.5)."""
+    """The value published while the gap is open (docs/rules.md §2.4)."""
     policy = ctx.policy.provisional_policy
     if policy == "selector":
         return select_hour(ctx, hv, n_used)
     if policy == "fixed_conservative_default":
         return fixed_default(ctx.require_default("provisional_policy"), "fixed_conservative_default",
-                             "configured conservative default, published as provisional")
+                             CONSERVATIVE_DEFAULT + ", published as provisional")
     return last_good(ctx)
 
 
 def last_good(ctx: GapContext) -> Outcome:
-    """HB: not conservative by itself, so provisional only unless the plan approves it (§2.2)."""
-    citation = "missing-data.md §2.5: last usable value, provisional (OPC UA Uncertain_LastUsableValue)"
+    """HB: not conservative by itself, so provisional only unless the plan approves it (40 CFR 98.35(b)(1),
+    no 'after' value)."""
+    citation = ("gateway design-choice (docs/rules.md §2.4): last usable value, provisional until the final rule "
+                "applies (OPC UA Uncertain_LastUsableValue)")
     if ctx.hb is not None and ctx.hb.value is not None:
         return Outcome(ctx.hb.value, "last_good", METHOD_LAST_GOOD, citation,
                        (("hb", ctx.hb.value), ("hb_hour", ctx.hb.hour)))
     if ctx.policy.default_value is not None:
         return fixed_default(ctx.policy.default_value, "fixed_conservative_default",
-                             "no value before the gap: configured default")
+                             CONSERVATIVE_DEFAULT + ": no value before the gap")
     if ctx.policy.potential() is not None:
         return fixed_default(ctx.require_potential("no value before the gap"), _potential_routine(ctx),
                              "40 CFR 75.31(b)(2): no prior QA data")
@@ -159,7 +166,7 @@ def _require_hbha(ctx: GapContext) -> None:
 
 def fixed_conservative_default(ctx: GapContext, _p: FixedDefaultParams, _hv: HourValue, _n: int) -> Outcome:
     return fixed_default(ctx.require_default("fixed_conservative_default"), "fixed_conservative_default",
-                         "configured conservative default (value and provenance in configuration)")
+                         CONSERVATIVE_DEFAULT)
 
 
 def last_good_hour(ctx: GapContext, _p: LastGoodParams, _hv: HourValue, _n: int) -> Outcome:
@@ -239,33 +246,47 @@ def _part75_initial(ctx: GapContext, window: LookbackWindow, bins: list[int | No
     return out or _empty_lookback(ctx, window, "no QA value in this or a higher load bin")
 
 
+_EMPTY_LOOKBACK_DEFAULT = ("gateway design-choice (docs/rules.md §2.2): empty lookback: the configured conservative "
+                           "default (group standard 10.1.3 f; Reg. (EU) 2018/2066 Art. 66(1))")
+_EMPTY_LOOKBACK_CITATION = {
+    "hj75_tiered": ("HJ 75-2017 table 8 has no valid hour before the outage: the configured conservative default "
+                    "(gateway design-choice, docs/rules.md §2.2)"),
+}
+
+
 def _empty_lookback(ctx: GapContext, window: LookbackWindow, why: str) -> Outcome:
-    """§2.2: an empty lookback falls back to the conservative default (the potential value in Part 75)."""
+    """docs/rules.md §2.2: an empty lookback falls back to the conservative default (the potential value in Part 75)."""
     if ctx.policy.selector == "part75_tiered":
         return fixed_default(ctx.require_potential(why), _potential_routine(ctx),
                              "40 CFR 75.33(b)(4) by analogy: no usable lookback value", notes=(why,),
                              lookback=window)
     alarm = (why,) if ctx.policy.selector == "hj75_tiered" else ()
     return fixed_default(ctx.require_default(why), "fixed_conservative_default",
-                         "missing-data.md §2.2: empty lookback falls back to the configured default",
+                         _EMPTY_LOOKBACK_CITATION.get(ctx.policy.selector, _EMPTY_LOOKBACK_DEFAULT),
                          notes=(why,), alarms=alarm, lookback=window)
 
 
 def hj75(ctx: GapContext, policy: Hj75Params, _hv: HourValue, n: int) -> Outcome:
     direction = ctx.policy.direction
-    assert ctx.alpha is not None
     assert direction is not None
-    w = hj75_window(ctx.alpha.pct, n, policy.window_short, policy.window_long, policy.window_low_alpha)
+    if ctx.alpha is None:
+        raise RuleInputError("hj75_tiered: no operating hour in the quarter to take alpha over")
+    alpha = ctx.alpha.pct
+    w = hj75_window(alpha, n, policy.window_short, policy.window_long, policy.window_low_alpha)
     if w is None:
         alarm = "HJ 75 alpha < 75 %: outside the standard's table; configured default used"
         return fixed_default(ctx.require_default("alpha < 75 %"), "fixed_conservative_default",
-                             "design-choice: the HJ 75-2017 table covers alpha >= 75 % only", alarms=(alarm,))
+                             "HJ 75-2017 table 8 covers alpha >= 75 % only: configured conservative default and "
+                             "an alarm (gateway design-choice, docs/rules.md §2.2)", alarms=(alarm,))
     window = _window(ctx, w)
-    tier = "alpha >= 90 %, N <= 24" if ctx.alpha.pct >= 90 and n <= 24 else (
-        "alpha >= 90 %, N > 24" if ctx.alpha.pct >= 90 else "75 % <= alpha < 90 %")
+    tier = "alpha >= 90 %, N <= 24" if alpha >= 90 and n <= 24 else (
+        "alpha >= 90 %, N > 24" if alpha >= 90 else "75 % <= alpha < 90 %")
     name = "max" if direction is Direction.HIGH else "min"
-    citation = (f"HJ 75-2017 data-invalid-period table ({tier}): {name} of the {w} valid hours before the "
-                "outage (corroborated)")
+    # Table 7: out-of-control periods, the window ends at the last calibration before them; table 8:
+    # maintenance and other invalid periods, it ends at the start of the outage.
+    table, end = (7, "last calibration before the out-of-control period") \
+        if ctx.inputs.window_end_hour is not None else (8, "start of the outage")
+    citation = f"HJ 75-2017 table {table} ({tier}): {name} of the {w} valid hours before the {end}"
     out = extreme_outcome(window, direction, f"{name}_lookback({w})", citation)
     return out or _empty_lookback(ctx, window, "empty lookback")
 
@@ -281,7 +302,8 @@ def mean_plus_2sigma_hour(ctx: GapContext, policy: MeanPlus2SigmaParams, _hv: Ho
                   "days: inform the competent authority",)
     if out is None:
         return fixed_default(ctx.require_default("fewer than 2 valid hours in the reference period"),
-                             "fixed_conservative_default", "MRR Art. 66(1): conservative surrogate data",
+                             "fixed_conservative_default",
+                             "Reg. (EU) 2018/2066 Art. 66(1): conservative surrogate data (fewer than 2 valid hours)",
                              alarms=alarms)
     return Outcome(out.value, out.routine, out.method_code, out.citation, out.statistics, None, out.notes,
                    alarms)
@@ -304,15 +326,17 @@ def percentile_lookback(ctx: GapContext, policy: PercentileLookbackParams, _hv: 
     if policy.floor_hbha:
         _require_hbha(ctx)
         hbha = ctx.hbha
-    citation = "missing-data.md §2.2 percentile_lookback (nearest rank, design-choice)"
+    citation = ("gateway design-choice (docs/rules.md §2.2): nearest-rank percentile of the lookback, the form of "
+                "40 CFR 75.33(b)(1)(ii) and (b)(2)(ii)")
     out = percentile_outcome(window, policy.exact_percentile, direction, citation, hbha)
     return out or _empty_lookback(ctx, window, "empty lookback")
 
 
 def extreme_lookback(ctx: GapContext, policy: LookbackParams, _hv: HourValue, _n: int) -> Outcome:
-    """max_lookback and min_lookback: the routine's own direction, whatever the point's (§2.2)."""
+    """max_lookback and min_lookback: the routine's own direction, whatever the point's (docs/rules.md §2.2)."""
     direction = Direction.HIGH if ctx.policy.selector == "max_lookback" else Direction.LOW
     window = _window(ctx, policy.window)
     out = extreme_outcome(window, direction, ctx.policy.selector,
-                          f"missing-data.md §2.2 {ctx.policy.selector}(W={policy.window})")
+                          f"gateway design-choice (docs/rules.md §2.2): {ctx.policy.selector}(W={policy.window}), the "
+                          "form of 40 CFR 75.33(b)(3)")
     return out or _empty_lookback(ctx, window, "empty lookback")

@@ -1,7 +1,7 @@
 """Missing-data substitution for one point: gap hours in, versioned substitute records out.
 
 Pure: the history, gap and previous records are read, never changed (standard 10.3.1: raw data are never
-altered; a substitute is a new record that supersedes, and keeps, the one before it, missing-data.md §2.5).
+altered; a substitute is a new record that supersedes, and keeps, the one before it, docs/rules.md §2.4).
 Storage and publishing are the runtime's business.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway.rules.context import GapContext, GapInputs, build_context
@@ -18,6 +18,7 @@ from gateway.rules.errors import RuleInputError
 from gateway.rules.hours import Gap, HourValue, check_history, find_gaps, resolve_gap
 from gateway.rules.policies import Outcome
 from gateway.rules.policy_config import SubstitutionPolicy
+from gateway.rules.quarters import quarter_of, split_at_quarters
 from gateway.rules.selectors import provisional_hour, select_hour
 from gateway.rules.trace import (
     STATUS_FINAL,
@@ -29,6 +30,9 @@ from gateway.rules.trace import (
     SubstituteRecord,
     record_id_for,
 )
+
+if TYPE_CHECKING:
+    from gateway.rules.methods import Hj75Params
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +72,82 @@ def substitute_gap(history: Sequence[HourValue], gap_hours: Sequence[int], polic
     inputs = inputs or GapInputs()
     hist = tuple(history)
     check_history(hist)
-    gap = resolve_gap(hist, tuple(gap_hours))
+    offset = _quarter_offset(policy)
+    requested = tuple(gap_hours)
+    if offset is not None:
+        requested_part, requested = requested, quarter_part_to_gap(hist, requested, offset)
+    gap = resolve_gap(hist, requested)
     if inputs.gap_open and hist[-1].hour > gap.end:
         raise RuleInputError("gap_open: the history has operating hours after the gap")
-    ctx = build_context(hist, gap, policy, inputs)
     provisional = inputs.gap_open or (policy.selector == "mean_plus_2sigma" and not inputs.reference_period_closed)
     status = STATUS_PROVISIONAL if provisional else STATUS_FINAL
-    gap_trace = _gap_trace(ctx, instrument, point)
     latest = _latest_by_hour(previous, instrument, point)
     by_hour = {item.hour: item for item in hist}
+    # HJ 75-2017: alpha is the quarter's, so a gap across a quarter boundary is judged part by part, each
+    # by its own quarter's alpha. N, HB/HA and the lookback stay the whole gap's (the outage is one).
+    parts = (gap.hours,) if offset is None else split_at_quarters(gap.hours, offset)
+    wanted = None if offset is None else set(requested_part)
     records: list[SubstituteRecord] = []
-    for ordinal, hour in enumerate(gap.hours, start=1):
-        n_used = ordinal if policy.length_rule == "per_hour_ordinal" else gap.n
-        hv = by_hour[hour]
-        outcome = _evaluate_hour(ctx, hv, n_used)
-        value, clip_notes = _clip(outcome.value, policy)
-        detail = _hour_trace(hv, ordinal, n_used, outcome, clip_notes)
-        before = latest.get(hour)
-        version = 1 if before is None else before.version + 1
-        supersedes = None if before is None else before.record_id
-        rid = record_id_for(instrument, point, hour, value, status, version, supersedes, gap_trace, detail)
-        records.append(SubstituteRecord(rid, instrument, point, hour, value, status, version, supersedes,
-                                        gap_trace, detail))
-    return GapSubstitution(tuple(gap_hours), status, tuple(records), gap_trace)
+    traces: list[GapTrace] = []
+    ordinal = 0
+    for part in parts:
+        ctx = build_context(hist, gap, policy, inputs, alpha_hour=part[0])
+        gap_trace = _gap_trace(ctx, instrument, point)
+        traces.append(gap_trace)
+        for hour in part:
+            ordinal += 1
+            if wanted is not None and hour not in wanted:
+                continue
+            n_used = ordinal if policy.length_rule == "per_hour_ordinal" else gap.n
+            hv = by_hour[hour]
+            outcome = _evaluate_hour(ctx, hv, n_used)
+            value, clip_notes = _clip(outcome.value, policy)
+            detail = _hour_trace(hv, ordinal, n_used, outcome, clip_notes)
+            before = latest.get(hour)
+            version = 1 if before is None else before.version + 1
+            supersedes = None if before is None else before.record_id
+            rid = record_id_for(instrument, point, hour, value, status, version, supersedes, gap_trace, detail)
+            records.append(SubstituteRecord(rid, instrument, point, hour, value, status, version, supersedes,
+                                            gap_trace, detail))
+    out_hours = tuple(gap_hours)
+    return GapSubstitution(out_hours, status, tuple(records), records[0].gap if records else traces[0])
+
+
+def _quarter_offset(policy: SubstitutionPolicy) -> int | None:
+    """The UTC offset of the quarters alpha is computed over, or None when no quarter split applies."""
+    if policy.selector != "hj75_tiered":
+        return None
+    params: Hj75Params = policy.params  # type: ignore[assignment]
+    return None if params.given_alpha is not None else params.quarter_utc_offset_hours
+
+
+def quarter_part_to_gap(history: Sequence[HourValue], requested: Sequence[int], offset: int) -> tuple[int, ...]:
+    """The whole gap when ``requested`` is the part of one on one side of a quarter boundary, else ``requested``.
+
+    The one relaxation of the maximality check (``resolve_gap``): HJ 75 judges each quarter's part of a gap by
+    that quarter's alpha, so a caller may ask for one part. The rest of the gap is still taken into account
+    (N is the whole outage's, never the part's: a shorter N could select a more lenient window).
+    """
+    if not requested:
+        return tuple(requested)
+    position = {item.hour: i for i, item in enumerate(history)}
+    inside = [position[h] for h in requested if h in position]
+    if not inside:
+        return tuple(requested)
+    first, last = min(inside), max(inside)
+    q_start, q_end = quarter_of(history[first].hour, offset)
+    if any(not q_start <= h < q_end for h in requested):
+        return tuple(requested)
+    lo, hi = first, last
+    while lo > 0 and history[lo - 1].value is None and history[lo - 1].hour < q_start:
+        lo -= 1
+    while hi + 1 < len(history) and history[hi + 1].value is None and history[hi + 1].hour >= q_end:
+        hi += 1
+    if lo == first and hi == last:
+        return tuple(requested)
+    before = tuple(item.hour for item in history[lo:first])
+    after = tuple(item.hour for item in history[last + 1:hi + 1])
+    return before + tuple(requested) + after
 
 
 def substitute_history(history: Sequence[HourValue], policy: SubstitutionPolicy, *, point: str,
@@ -152,7 +209,7 @@ def _latest_by_hour(previous: Iterable[SubstituteRecord], instrument: str, point
 
 
 def _clip(value: float, policy: SubstitutionPolicy) -> tuple[float, tuple[str, ...]]:
-    """Every substitute stays within the channel's physical range (missing-data.md §2.4)."""
+    """Every substitute stays within the channel's physical range (concentration 0..100 %, flow >= 0)."""
     if policy.physical_max is not None and value > policy.physical_max:
         return policy.physical_max, (f"clipped to physical_max {policy.physical_max} from {value}",)
     if policy.physical_min is not None and value < policy.physical_min:

@@ -1,4 +1,4 @@
-"""Substitute records and their trace (missing-data.md §2.5; standard 10.3.1 and 10.3.3).
+"""Substitute records and their trace (docs/rules.md §2.4; standard 10.3.1 and 10.3.3).
 
 A substitute is a separate, derived record: the raw hour stays as it was. Each record carries everything
 an auditor needs to recompute it: the routine and MODC-style method code, direction, parameters, PMA or
@@ -51,11 +51,20 @@ class AvailabilityTrace:
     operating_hours: int | None = None
     first_hour: int | None = None
     last_hour: int | None = None
+    # HJ 75 alpha: the calendar quarter it was taken over [quarter_start, quarter_end) and whether that quarter
+    # had closed (False: quarter-to-date, re-evaluated at quarter close). None for PMA and for a given alpha.
+    quarter_start: int | None = None
+    quarter_end: int | None = None
+    quarter_closed: bool | None = None
 
     def to_json(self) -> dict[str, JsonValue]:
-        return {"exact": self.exact, "rounded": self.rounded, "source": self.source, "qa_hours": self.qa_hours,
-                "operating_hours": self.operating_hours, "first_hour": self.first_hour,
-                "last_hour": self.last_hour}
+        out: dict[str, JsonValue] = {
+            "exact": self.exact, "rounded": self.rounded, "source": self.source, "qa_hours": self.qa_hours,
+            "operating_hours": self.operating_hours, "first_hour": self.first_hour, "last_hour": self.last_hour}
+        if self.quarter_start is not None:  # only then, so PMA traces (and their record ids) are unchanged
+            out.update(quarter_start=self.quarter_start, quarter_end=self.quarter_end,
+                       quarter_closed=self.quarter_closed)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

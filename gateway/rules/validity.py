@@ -24,7 +24,7 @@ Quality per failed rule (the worst one wins; the reason is the first failed rule
 
 NAMUR NE 107: "maintenance required" still means a valid output, so the reading stays good and the reason
 records the device state. Over range maps to Uncertain_EngineeringUnitsExceeded / HJ 212 flag T
-(missing-data.md §4). Any uncertain or bad reading is not quality-assured for emissions.
+(docs/rules.md §4). Any uncertain or bad reading is not quality-assured for emissions.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_local_code_table_matches_asyncua() -> None:
         (SC.Good, Quality.GOOD, ""),
         (SC.GoodClamped, Quality.GOOD, ""),
         (SC.GoodLocalOverride, Quality.GOOD, "manual:GoodLocalOverride"),
-        # missing-data.md §4, COMM_LOSS row
+        # docs/opcua.md, COMM_LOSS row
         (SC.BadNoCommunication, Quality.BAD, "no_communication:BadNoCommunication"),
         (SC.BadCommunicationError, Quality.BAD, "no_communication:BadCommunicationError"),
         (SC.BadTimeout, Quality.BAD, "no_communication:BadTimeout"),

@@ -1,4 +1,4 @@
-"""Shared helpers for the rules tests: the reference test vectors (missing-data.md §3)."""
+"""Shared helpers for the rules tests: the reference test vectors (missing_data_vectors.json, worked examples)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ DISCRIMINATING = [(v, label, bad) for v in VECTORS for label, bad in v.get("disc
 
 
 def close(actual: float | None, expected: float | None, tolerance: float) -> bool:
-    """The vectors' tolerance is relative (missing-data.md §3.0)."""
+    """The vectors' tolerance is relative (the vectors file states it per vector)."""
     if actual is None or expected is None:
         return actual is expected
     return math.isclose(actual, expected, rel_tol=tolerance, abs_tol=0.0)

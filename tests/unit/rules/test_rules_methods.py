@@ -8,7 +8,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from gateway.rules import selectors
-from gateway.rules.methods import FLAT_FIELDS, METHODS, SELECTORS, DirectionRule, MissingData
+from gateway.rules.methods import FLAT_FIELDS, LATER_FIELDS, METHODS, SELECTORS, DirectionRule, MissingData
 from gateway.rules.policy_config import parse_policy_config, validate_policy_config
 
 # The parameter set every trace and config hash covers; it was a 28-field flat dataclass before the methods
@@ -63,7 +63,20 @@ def test_every_method_is_declared_once_with_a_matching_tag() -> None:
 
 
 def test_the_flat_trace_form_is_unchanged() -> None:
-    assert set(FLAT_FIELDS) == LEGACY_FLAT_FIELDS
+    """Parameters added later (LATER_FIELDS, e.g. HJ 75's quarter_utc_offset_hours, issue 10) are traced and
+    hashed only when set away from their default: every stored record keeps its form and hash."""
+    assert set(FLAT_FIELDS) - LATER_FIELDS == LEGACY_FLAT_FIELDS
+    for config, _ in GOLDEN_HASHES:
+        assert set(parse_policy_config(config).to_json()) == LEGACY_FLAT_FIELDS
+
+
+def test_a_later_parameter_set_away_from_its_default_is_traced_and_hashed() -> None:
+    base = {"selector": "hj75_tiered", "direction": "high", "default_value": 1.0}
+    default = parse_policy_config(base)
+    utc = parse_policy_config({**base, "quarter_utc_offset_hours": 0})
+    assert utc.to_json()["quarter_utc_offset_hours"] == 0
+    assert utc.config_hash() != default.config_hash()
+    assert parse_policy_config({**base, "quarter_utc_offset_hours": 8}).config_hash() == default.config_hash()
 
 
 @pytest.mark.parametrize(("config", "expected"), GOLDEN_HASHES, ids=[c["selector"] for c, _ in GOLDEN_HASHES])

@@ -13,7 +13,7 @@ from gateway.rules.policy_config import Direction, parse_policy_config, validate
 def test_emission_point_without_direction_is_a_config_error() -> None:
     errors = validate_policy_config({"selector": "hour_before_after", "default_value": 1.0})
     assert errors == ["direction: required (high or low) for a point that feeds an emission figure "
-                      "(missing-data.md §2.4, standard 10.1.3 f)"]
+                      "(group standard 10.1.3 f: conservative principle; docs/rules.md §3)"]
     assert validate_policy_config({"selector": "hour_before_after", "default_value": 1.0},
                                   feeds_emissions=False) == []
 
