@@ -15,6 +15,7 @@ from drivers.base import PollingDriver, SubscribingDriver
 from gateway import __version__, config_history
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
+from gateway.derived.stage import DerivedStage
 from gateway.encode import EncoderContext, make_encoder
 from gateway.errors import PublishError, StoreError
 from gateway.forwarder import Forwarder
@@ -83,6 +84,7 @@ class Gateway:
         self.timekeeper = TimeKeeper(self.clock, sync_probe=self.sync_probe)
         self._events: list[tuple[str, Any]] = []  # clock steps / overload changes for the rules stage
         self._held: list[Reading] = []  # taken from the queue, not yet committed (kept across writer restarts)
+        self.derived = DerivedStage(self.config.derived)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -245,7 +247,9 @@ class Gateway:
             # hold even when a backlog builds up. A chunk stays held until committed, so a writer that
             # fails and restarts takes it up again instead of losing it.
             if not self._held:
-                self._held = self._mark(queue.take(WRITE_CHUNK))
+                taken = self._mark(queue.take(WRITE_CHUNK))
+                # Derived points (formulas over other points) are readings too, computed as inputs arrive.
+                self._held = taken + self.derived.process(taken) if self.derived else taken
             derived: list[Derived] = []
             now = self.clock.wall_ms()
             for kind, arg in self._events[events_seen:]:
@@ -354,7 +358,9 @@ class Gateway:
                 body["state"] = "starting"  # nothing read yet: not `ok` (observation 7)
         return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
                 "clock": self.timekeeper.status(), "overload": self.overload.status(),
-                "loop_lag": self.loop_lag.status()}
+                "loop_lag": self.loop_lag.status(),
+                "derived": {"points": len(self.config.derived.points), "computed": self.derived.computed,
+                            "not_computed": self.derived.failed}}
 
 
 def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:

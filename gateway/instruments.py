@@ -25,6 +25,16 @@ class PointSpec:
     source_line: int | None
     simulate: dict[str, Any] | None = None  # signal hint for the bundled simulator
     rules: PointRules | None = None  # validity, gaps, aggregation, missing data (gateway/rules)
+    derived: DerivedDecl | None = None  # computed by the gateway from other points (gateway/derived)
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedDecl:
+    """A derived point as written: its formula and where each of its names comes from."""
+
+    formula: str
+    inputs: tuple[tuple[str, str, str], ...]  # (name in the formula, instrument id, point)
+    window_ms: int  # every input must lie within this of the newest one
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ DeviceHealth = LinkHealth  # the name the tests and status code know
 
 
 def failed_samples(spec: InstrumentSpec, ts_ms: int, reason: str) -> list[RawSample]:
-    return [RawSample(p.name, ts_ms, None, Quality.BAD, reason) for p in spec.points]
+    return [RawSample(p.name, ts_ms, None, Quality.BAD, reason) for p in spec.points if p.derived is None]
 
 
 class ConnectionPoller:

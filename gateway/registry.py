@@ -22,14 +22,15 @@ from pydantic import BaseModel, ValidationError
 import drivers
 from drivers.base import PlannedPoint, ProtocolPlugin
 from gateway.calibration import due_date, window_for
+from gateway.derived.config import EMPTY, DerivedPlan, plan_derived
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.instruments import HealthRule, InstrumentSpec, PointSpec
+from gateway.instruments import DerivedDecl, HealthRule, InstrumentSpec, PointSpec
 from gateway.point_rules import compile_point_rules
 from gateway.protocols import PROTOCOLS
 from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointBase, PointModel, ProfileModel
 from gateway.rules.methods import error_line as missing_data_error
 from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
-from gateway.units import UnitError, check_unit, conversion
+from gateway.units import IDENTITY, UnitError, check_unit, conversion
 from gateway.yamlload import LineDict, ParseCache, line_of, load_yaml
 
 _PROTOCOL_TAGS = frozenset(PROTOCOLS.tags)
@@ -48,6 +49,7 @@ class Config:
     instruments: tuple[InstrumentSpec, ...]
     version: str  # hash of every config byte that shapes the data; stored with each reading
     warnings: tuple[str, ...] = ()  # legal but risky settings, one `file:line: field: warning: ...` line each
+    derived: DerivedPlan = EMPTY  # derived points and carbon methods, compiled (gateway/derived)
 
     def instrument(self, instrument_id: str) -> InstrumentSpec:
         for spec in self.instruments:
@@ -130,9 +132,10 @@ def _merge_points(base: list[PointModel], overrides: list[PointModel]) -> list[t
 def device_points(inst: InstrumentModel, profiles: dict[str, ProfileModel]) -> list[PointModel]:
     """Every point the physical device has (profile plus overrides), ignoring only_points.
 
-    The simulator serves these, as a real meter answers for all its registers."""
+    The simulator serves these, as a real meter answers for all its registers. Derived points (with a
+    formula) are the gateway's, not the device's."""
     base = profiles[inst.profile].points if inst.profile in profiles else []
-    return [p for p, _ in _merge_points(base, inst.points)]
+    return [p for p, _ in _merge_points(base, inst.points) if p.formula is None and p.inputs is None]
 
 
 def config_version(directory: Path, files: list[Path]) -> str:
@@ -244,14 +247,16 @@ def _load_config(directory: Path, *, today: date | None, check_store: bool) -> C
             if spec.polled:
                 PROTOCOLS.named(spec.protocol).check_shared(spec, shared.setdefault(spec.protocol, {}), ctx)
             specs.append(spec)
+    # Derived points' units can only be checked once every instrument is known; carbon.yaml is read here.
+    derived = plan_derived(directory, specs, tz, errors)
     if errors or settings is None:
         raise ConfigErrors(_located(errors or [ConfigError("cannot load settings", file=str(gw_file))]))
     if cache is not None:
         cache.prune()
     warnings.extend(_protocol_warnings(specs))
-    version = config_version(directory, [gw_file, *files, *(t[0] for t in profile_trees.values())])
+    version = config_version(directory, [gw_file, *files, *derived.files, *(t[0] for t in profile_trees.values())])
     return Config(directory=directory, settings=settings, instruments=tuple(specs), version=version,
-                  warnings=tuple(w.one_line() for w in warnings))
+                  warnings=tuple(w.one_line() for w in warnings), derived=derived)
 
 
 def _located(errors: list[ConfigError]) -> list[ConfigError]:
@@ -458,6 +463,11 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         p = _as_protocol_point(merged_p, plugin, loc, field, own, ctx)
         if p is None:
             continue
+        if p.formula is not None or p.inputs is not None:
+            spec_p = _derived_point(inst, p, loc, field, src_file, src_line, settings, ctx)
+            if spec_p is not None:
+                points.append(spec_p)
+            continue
         missing = [f for f in plugin.required_point_fields if getattr(p, f) is None]
         if (p.unit or p.device_unit) is None:
             missing.append("unit")
@@ -516,6 +526,47 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
                           calibration=window, poll_interval_s=poll, protocol=plugin.name, device=device,
                           source_file=str(ctx.file), point_index={p.name: p for p in points},
                           connection_line=ctx.line(("connection", "timeout_s")))
+
+
+DEFAULT_DERIVED_WINDOW_S = 5.0
+
+
+def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ...], field: str, src_file: str,
+                   src_line: int | None, settings: Settings, ctx: _Ctx) -> PointSpec | None:
+    """A point with a formula: never read from the device (the protocol plugin does not see it). Its units
+    are checked against its inputs' once every instrument is loaded (gateway.derived.config)."""
+    problems = []
+    if p.formula is None:
+        problems.append((("formula",), "a derived point needs a formula"))
+    if not p.inputs:
+        problems.append((("inputs",), "a derived point needs inputs: {name: point or instrument.point}"))
+    if p.unit is None:
+        problems.append((("unit",), "a derived point needs the unit of its result"))
+    for key in ("scale", "offset", "device_unit", "totalizer"):
+        if getattr(p, key) is not None:
+            problems.append(((key,), f"{key} does not apply to a derived point (its formula gives its value)"))
+    for sub, message in problems:
+        ctx.error(loc + sub, f"{field}.{sub[0]}", message)
+    if problems:
+        return None
+    inputs: list[tuple[str, str, str]] = []
+    for name, ref in (p.inputs or {}).items():
+        inst_id, _, point = ref.rpartition(".") if "." in ref else ("", "", ref)
+        inputs.append((name, inst_id or inst.id, point))
+    # Its cadence is its inputs' (it is computed when they arrive): the instrument's poll interval.
+    poll_s = inst.poll_interval_s or settings.limits.default_poll_interval_s
+    rules, rule_errors = _point_rules(inst.kind, p, p.unit, inst.measuring_range,  # type: ignore[arg-type]
+                                      poll_s, timeout_s=inst.connection.timeout_s,
+                                      change_driven=False)
+    for sub, message in rule_errors:
+        ctx.error(loc + tuple(sub.split(".")), f"{field}.{sub}", message)
+    if rules is None:
+        return None
+    window_ms = int((p.window_s or DEFAULT_DERIVED_WINDOW_S) * 1000)
+    return PointSpec(name=p.name, device_unit=p.unit, unit=p.unit, conversion=IDENTITY,  # type: ignore[arg-type]
+                     totalizer=False, description=p.description or "", expect=p.expect, wire=None,
+                     source_file=src_file, source_line=src_line, simulate=None, rules=rules,
+                     derived=DerivedDecl(p.formula, tuple(inputs), window_ms))  # type: ignore[arg-type]
 
 
 def _as_protocol_point(p: PointBase, plugin: ProtocolPlugin, loc: tuple[int | str, ...], field: str, own: bool,

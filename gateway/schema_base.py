@@ -76,6 +76,10 @@ class PointBase(Strict):
     missing_data: MissingData | None = None  # one substitution method and its parameters (docs/rules.md §1.2)
     rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
     simulate: dict[str, object] | None = None
+    # Derived points (docs/derived.md): computed by the gateway from other points, never read from the device.
+    formula: str | None = Field(default=None, min_length=1, max_length=2000)
+    inputs: dict[str, str] | None = None  # formula name -> "point" (same instrument) or "instrument.point"
+    window_s: float | None = Field(default=None, gt=0)  # inputs must lie within this of each other
 
     @field_validator("scale")
     @classmethod
