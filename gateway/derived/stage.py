@@ -1,11 +1,12 @@
 """Live derived points: computed from the latest readings of their inputs as readings arrive.
 
-A derived point is evaluated each time its first input is read, from the newest reading of every other
-input, provided all of them lie within the point's window of that reading (time alignment). The result
-is an ordinary reading of the point's instrument: stored, published, aggregated and substituted by the
-rules engine like any read value. Its quality is the worst of the inputs it used and its calibration
-status the worst of theirs; when it cannot be computed (an input missing, stale or bad, a constant with
-no value valid at that time) the reading is bad and its reason says which, so the gap is never silent.
+A derived point is evaluated each time its first input is read (once that poll's other points are
+seen), from the newest reading of every other input, provided all of them lie within the point's window
+of that reading (time alignment). The result is an ordinary reading of the point's instrument: stored,
+published, aggregated and substituted by the rules engine like any read value. Its quality is the worst
+of the inputs it used and its calibration status the worst of theirs; when it cannot be computed (an
+input missing, stale or bad, a constant with no value valid at that time) the reading is bad and its
+reason says which, so the gap is never silent.
 
 Sits between tagging and the rules stage; pure apart from its memory of the latest inputs (O(inputs)).
 """
@@ -47,20 +48,30 @@ class DerivedStage:
         return bool(self.plan.points)
 
     def process(self, readings: Sequence[Reading]) -> list[Reading]:
-        """The derived readings these readings give rise to (in order; derived of derived included)."""
+        """The derived readings these readings give rise to (in order; derived of derived included).
+
+        A poll's readings share the instrument and timestamp: a derived point triggered by one of them is
+        evaluated once the whole poll has been seen, so it uses that poll's other points, not the previous
+        poll's."""
         if not self._by_trigger:
             return []
         out: list[Reading] = []
         batch: Iterable[Reading] = readings
         for _ in range(MAX_DEPTH):
             made: list[Reading] = []
+            pending: list[tuple[DerivedPoint, int]] = []
+            group: tuple[str, int] | None = None
             for r in batch:
+                if (r.instrument, r.ts_ms) != group:
+                    made.extend(self.evaluate(dp, ts) for dp, ts in pending)
+                    pending.clear()
+                    group = (r.instrument, r.ts_ms)
                 key = (r.instrument, r.point)
                 if key not in self._watched:
                     continue
                 self.latest[key] = r
-                for dp in self._by_trigger.get(key, ()):
-                    made.append(self.evaluate(dp, r.ts_ms))
+                pending.extend((dp, r.ts_ms) for dp in self._by_trigger.get(key, ()))
+            made.extend(self.evaluate(dp, ts) for dp, ts in pending)
             if not made:
                 break
             out.extend(made)

@@ -27,10 +27,9 @@ def r(point: str, ts: int, value: float | None, q: Quality = Quality.GOOD, cal: 
 
 def poll(ts: int, co2: float | None = 12.0, flow: float = 100_000.0, h2o: float | None = 10.0,
          **kw: object) -> list[Reading]:
-    # The CEMS poll delivers its points in order; the first input (co2) triggers the computation, so the
-    # other inputs of this poll must come before it for it to use them (the flow meter's come separately).
-    return [r("flue_gas_flow", ts, flow), r("moisture", ts, h2o, Quality.GOOD if h2o is not None else Quality.BAD),
-            r("volume_flow", ts, 1.0, inst="FT-01"), r("co2", ts, co2, **kw)]  # type: ignore[arg-type]
+    # The flow meter's poll, then the CEMS poll with co2 (the trigger) first, as the driver delivers it.
+    return [r("volume_flow", ts, 1.0, inst="FT-01"), r("co2", ts, co2, **kw),  # type: ignore[arg-type]
+            r("flue_gas_flow", ts, flow), r("moisture", ts, h2o, Quality.GOOD if h2o is not None else Quality.BAD)]
 
 
 def test_computed_from_aligned_inputs(stage: DerivedStage) -> None:
@@ -72,6 +71,11 @@ def test_a_bad_input_the_formula_needs_gives_no_value(stage: DerivedStage) -> No
     assert (out.value, out.quality, out.reason) == (None, Quality.BAD, REASON_INPUT_BAD)
     assert stage.failed == 1
     assert stage.computed == 0
+
+
+def test_a_poll_uses_its_own_points_not_the_previous_polls(stage: DerivedStage) -> None:
+    first, second = stage.process(poll(1_000, flow=100_000.0) + poll(2_000, flow=50_000.0))
+    assert second.value == pytest.approx(first.value / 2)
 
 
 def test_readings_of_other_points_are_ignored(stage: DerivedStage) -> None:
