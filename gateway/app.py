@@ -97,10 +97,12 @@ class Gateway:
             raise
         queue = ReadingQueue(st.limits.queue_readings)
         encoder = make_encoder(st.output.encoder, EncoderContext(st.mqtt.topic_prefix, st.gateway.id,
-                                                                  store.epoch, cfg.version))
+                                                                  store.epoch, cfg.version, output=st.output))
         forwarder = Forwarder(st.mqtt, st.gateway.id, store, encoder,
                               meta=lambda: {s.id: s.metadata() for s in cfg.instruments},
-                              status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site)
+                              status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site,
+                              # an output with its own session (Sparkplug B: STATE, rebirth, Will per CONNECT)
+                              transport=encoder.transport(st.mqtt) if hasattr(encoder, "transport") else None)
         self.pollers = [
             ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
                              backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s,
