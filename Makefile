@@ -1,6 +1,6 @@
 # Two entry points for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
 # Both bootstrap .venv themselves (idempotent) and make sure the system tools the tests and the
-# demo run for real (mosquitto, socat) are present.
+# demo run for real (mosquitto, socat, postgresql) are present.
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
@@ -58,10 +58,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
-# mosquitto_passwd ships with mosquitto; socat provides pseudo-terminal pairs for the RTU tests.
+# mosquitto_passwd ships with mosquitto; socat provides pseudo-terminal pairs for the RTU tests; postgresql's
+# server binaries (initdb, postgres under /usr/lib/postgresql/*/bin) run the consumer tests' private database
+# (issue 12; simulators/postgres.py), never the machine's own cluster.
 system-tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do \
 		command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing with apt-get"; \

@@ -157,6 +157,13 @@ class Replayer:
     def topic(self) -> str:
         return replay_topic(self.prefix, self.gateway)
 
+    def _replay(self, out: Outgoing, request_id: str) -> Publish:
+        """An encoder that is not JSON (e.g. Sparkplug: `is_historical`) marks replays itself with `replay()`."""
+        own = getattr(self.encoder, "replay", None)
+        if own is not None:
+            return own(out, request_id)  # type: ignore[no-any-return]
+        return mark_replay(self.encoder.message(out), request_id)
+
     def _respond(self, state: str, request_id: str | None, **fields: Any) -> None:
         body = {"schema": RESPONSE_SCHEMA, "gateway": self.gateway, "epoch": self.store.epoch, "command": "replay",
                 "id": request_id, "state": state, "ts": self._wall_ms(), **fields}
@@ -240,7 +247,7 @@ class Replayer:
                 req.instrument, req.kind, after_seq=job.after, up_to_seq=job.last, ts_from=req.from_ts,
                 ts_to=req.to_ts, limit=budget)
             for out in batch:
-                if not self._send(mark_replay(self.encoder.message(out), req.id)):
+                if not self._send(self._replay(out, req.id)):
                     break  # not connected now: go on from here later
                 job.after = out.seq
                 job.sent += 1

@@ -98,3 +98,22 @@ def test_every_registered_protocol_is_one_package_with_its_plugin(module: str) -
     assert plugin.tags, f"{module}: no connection models"
     for conn in plugin.connections:
         assert conn.__module__.startswith(package), f"{conn.__name__} lives outside {package}"
+
+
+# The central side (issue 12: gateway/central/, `carbon-gateway consume`) is downstream of everything.
+CENTRAL_MAY_IMPORT = {"gateway.encode_compact", "gateway.replay"}
+
+
+def test_nothing_upstream_imports_the_central_side() -> None:
+    bad = [f"{f.relative_to(REPO)}:{line}: {m}" for f in sources("gateway")
+           if "central" not in f.parts and f.name not in ("cli_consume.py",)
+           for line, m in imports(f) if m.startswith("gateway.central")]
+    bad += [f"{f.relative_to(REPO)}:{line}: {m}" for f in sources("drivers") for line, m in imports(f)
+            if m.startswith("gateway.central")]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_central_side_uses_only_the_wire_formats() -> None:
+    bad = [f"{f.relative_to(REPO)}:{line}: {m}" for f in sources("gateway/central") for line, m in imports(f)
+           if not m.startswith("gateway.central") and m not in CENTRAL_MAY_IMPORT]
+    assert not bad, "\n".join(bad)
