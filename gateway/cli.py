@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--duration", type=float)
     w.add_argument("--until-instruments", type=int, default=0,
                    help="exit 0 as soon as this many instruments have sent readings")
+    w.add_argument("--sparkplug", action="store_true",  # issue 12.1
+                   help="read Sparkplug B (spBv1.0/#) instead of the JSON topics (output.encoder: sparkplug)")
 
     c = sub.add_parser("correct", help="record a manual correction (a new version; the original stays)")
     _config_arg(c)
@@ -200,6 +202,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             check_topic_prefix(args.prefix)
         except ValueError as err:
             raise ConfigError(str(err), file="--prefix") from None
+        if args.sparkplug:
+            from gateway.watch_sparkplug import watch_sparkplug
+
+            return watch_sparkplug(args.mqtt_url, duration_s=args.duration, until_instruments=args.until_instruments)
         return watch(args.mqtt_url, args.prefix, duration_s=args.duration, until_instruments=args.until_instruments)
     if args.command == "schema":
         from gateway.config_schema import config_schemas, render

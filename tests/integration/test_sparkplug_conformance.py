@@ -223,3 +223,21 @@ def test_primary_host_offline_keeps_data_then_historical_and_ncmd_rebirth(
         rows, historical = got[key]
         assert historical, key
         assert rows == store[key], key
+
+
+def test_watch_sparkplug_decodes_what_the_gateway_sends(tmp_path: Path, ports: tuple[int, int, int],
+                                                        broker: PrivateBroker, simulators: None) -> None:
+    """The demo's view (`make demo OUTPUT=sparkplug` runs `carbon-gateway watch --sparkplug`)."""
+    gw = Gateway(sparkplug_config(tmp_path, ports, broker), tmp_path / "gw.log").start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "gateway", "watch", "--sparkplug", "--mqtt-url", broker.url,
+                              "--until-instruments", "3", "--duration", "60"], capture_output=True, text=True,
+                             timeout=90)
+    finally:
+        assert gw.stop() == 0
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:] + gw.tail()
+    last = out.stdout.strip().split("t=")[-1]
+    assert "seq errors 0" in last
+    assert "rejected 0" in last
+    for inst in INSTRUMENTS:
+        assert inst in last
