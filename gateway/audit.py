@@ -5,9 +5,10 @@ the pure functions of that package.
 
 Reads one scenario, or a list of scenarios, in the JSON format of missing_data_vectors.json and prints one
 JSON object per scenario per line (format in docs/rules.md). Expected values in the file (``expected``,
-``tolerance`` ...) are ignored: the tool computes, the auditor compares. Bad input exits with 2 and one
-line ``FILE: message``; nothing is printed for any scenario then, so a partial answer is never mistaken
-for a complete one.
+``tolerance`` ...) are ignored: the tool computes, the auditor compares. A scenario that cannot be
+evaluated is answered with ``{"name", "error"}`` in its place and one line ``FILE: message`` on stderr;
+every other scenario is still evaluated and printed, and the exit code is 2 (issue 10 item 4). A file
+that cannot be read or parsed at all exits 2 with one line and prints nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ScenarioError(ValueError):
 
 
 def main(path: str, out: TextIO, err: TextIO | None = None) -> int:
-    """Evaluate FILE; write one JSON line per scenario to ``out``. Returns the exit code (0, or 2)."""
+    """Evaluate FILE; write one JSON line per scenario to ``out``. Returns the exit code: 0, or 2 when the file
+    or any scenario could not be evaluated (the others are printed all the same)."""
     err = sys.stderr if err is None else err
     try:
         with open(path, encoding="utf-8") as fh:
@@ -50,13 +52,26 @@ def main(path: str, out: TextIO, err: TextIO | None = None) -> int:
         err.write(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}\n")
         return 2
     try:
-        lines = [json.dumps(result, ensure_ascii=False, allow_nan=False) for result in evaluate_text(text)]
+        results = evaluate_text(text)
     except (ScenarioError, RuleInputError, PolicyConfigError) as exc:
         err.write(f"{path}: {_one_line(str(exc))}\n")
         return 2
-    for line in lines:
-        out.write(line + "\n")
-    return 0
+    failed = 0
+    for result in results:
+        out.write(_json_line(result) + "\n")
+        if "error" in result:
+            failed += 1
+            err.write(f"{path}: {result['error']}\n")
+    return 2 if failed else 0
+
+
+# Characters str.splitlines() (and many JSON-lines readers) take as line breaks; inside a JSON string they may be
+# written escaped, so one answer is always exactly one line.
+_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _json_line(result: Mapping[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False, allow_nan=False).translate(_LINE_BREAKS)
 
 
 def _one_line(message: str) -> str:
@@ -73,7 +88,16 @@ def evaluate_text(text: str) -> list[dict[str, Any]]:
     scenarios = data if isinstance(data, list) else [data]
     if not scenarios:
         raise ScenarioError("no scenario in the file")
-    return [evaluate_scenario(s, index=i) for i, s in enumerate(scenarios)]
+    return [_evaluate_or_error(s, i) for i, s in enumerate(scenarios)]
+
+
+def _evaluate_or_error(scenario: Any, index: int) -> dict[str, Any]:
+    """One scenario's answer, or ``{"name", "error"}`` for a scenario that cannot be evaluated."""
+    try:
+        return evaluate_scenario(scenario, index=index)
+    except (ScenarioError, RuleInputError, PolicyConfigError) as exc:
+        name = scenario.get("name") if isinstance(scenario, Mapping) else None
+        return {"name": name if isinstance(name, str) else f"#{index + 1}", "error": _one_line(str(exc))}
 
 
 def _reject_constant(name: str) -> float:
@@ -253,7 +277,12 @@ def _substitution(name: str, policy: str, params: Mapping[str, Any], scenario: M
     is_final = main_run.status == "final"
     # Final: values are the answer and `provisional` what was published while the gap was open.
     # Provisional (open gap, or MRR period still open): values are null, `provisional` is the answer.
-    provisional_values = (earlier or main_run).values() if is_final else main_run.values()
+    if not is_final:
+        provisional_values: Sequence[float | None] = main_run.values()
+    elif earlier is not None:
+        provisional_values = earlier.values()
+    else:  # nothing could be published while the gap was open (no value before it, no default)
+        provisional_values = [None] * len(gap_hours)
     first_trace = main_run.records[0].gap
     result: dict[str, Any] = {
         "name": name,

@@ -170,9 +170,13 @@ def substitute_history(history: Sequence[HourValue], policy: SubstitutionPolicy,
 
 def provisional_then_final(history: Sequence[HourValue], gap_hours: Sequence[int], policy: SubstitutionPolicy,
                            *, point: str, instrument: str = "", inputs: GapInputs | None = None
-                           ) -> tuple[GapSubstitution, GapSubstitution]:
+                           ) -> tuple[GapSubstitution | None, GapSubstitution]:
     """A closed gap replayed: the last provisional version (history cut at the gap end) and the final
-    version that supersedes it. The auditor tool uses it to show both."""
+    version that supersedes it. The auditor tool uses it to show both.
+
+    The provisional version is None when nothing could be published while the gap was open (no value before
+    it and no default: 40 CFR 98.35(b)(1) then takes the first value after it, which only the closed gap
+    has). A closed gap never needs a provisional fallback; the final version is then version 1."""
     base = inputs or GapInputs()
     hist = tuple(history)
     check_history(hist)
@@ -180,9 +184,13 @@ def provisional_then_final(history: Sequence[HourValue], gap_hours: Sequence[int
     cut = tuple(item for item in hist if item.hour <= gap.end)
     open_inputs = GapInputs(True, base.qa_hours_since_certification, base.clock_hours_since_certification,
                             base.window_end_hour, base.reference_period_closed)
-    first = substitute_gap(cut, gap_hours, policy, point=point, instrument=instrument, inputs=open_inputs)
+    first: GapSubstitution | None
+    try:
+        first = substitute_gap(cut, gap_hours, policy, point=point, instrument=instrument, inputs=open_inputs)
+    except RuleInputError:
+        first = None  # the runtime could not publish one either (it logs why); the final value stands alone
     final = substitute_gap(hist, gap_hours, policy, point=point, instrument=instrument, inputs=base,
-                           previous=first.records)
+                           previous=() if first is None else first.records)
     return first, final
 
 

@@ -1,4 +1,4 @@
-"""The auditor tool: output format, extra scenario kinds, and one-line errors with exit code 2."""
+"""The auditor tool: output format, extra scenario kinds, per-scenario errors and exit code 2."""
 
 from __future__ import annotations
 
@@ -113,10 +113,26 @@ def test_pma_compute_and_per_hour_ordinal(tmp_path: Path) -> None:
     [
         ("{not json", "invalid JSON: line 1 column 2"),
         ("[]", "no scenario"),
-        ("[1]", "scenario #1: expected an object"),
-        ('{"name": "x", "policy": "magic"}', "scenario 'x': policy: expected one of"),
         ('{"name": "x", "policy": "hour_before_after", "params": {"direction": "high"}, "history": [[0, NaN]],'
          ' "gap": [0]}', "NaN is not a finite number"),
+    ],
+)
+def test_an_unreadable_file_exits_2_with_one_line_and_prints_nothing(tmp_path: Path, content: str,
+                                                                      fragment: str) -> None:
+    code, answers, err = run_main(tmp_path, content)
+    assert code == 2
+    assert answers == []
+    assert err.count("\n") == 1
+    assert err.startswith(str(tmp_path / "scenarios.json") + ": ")
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[1]", "scenario #1: expected an object"),
+        ('{"name": "x", "policy": "magic"}', "scenario 'x': policy: expected one of"),
         (json.dumps({**BASE, "gap": [9]}), "scenario 's1': gap: none of its hours"),
         (json.dumps({**BASE, "history": [[0, "a"]]}), "history[0][1]: expected a finite number"),
         (json.dumps({**BASE, "params": {"pma": 97.5}}), "direction: required"),
@@ -129,14 +145,47 @@ def test_pma_compute_and_per_hour_ordinal(tmp_path: Path) -> None:
          "cases[0].pma"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_prints_nothing(tmp_path: Path, content: str, fragment: str) -> None:
+def test_a_bad_scenario_is_answered_with_its_error_and_exits_2(tmp_path: Path, content: str, fragment: str) -> None:
+    """Issue 10 item 4: one unevaluable scenario no longer silences the file. Before, the tool printed nothing
+    (this test then asserted ``answers == []``, which encoded the defect); now the scenario's own line is an
+    error and the others are answered (next test)."""
     code, answers, err = run_main(tmp_path, content)
     assert code == 2
-    assert answers == []
+    assert len(answers) == 1
+    assert set(answers[0]) == {"name", "error"}
+    assert fragment in answers[0]["error"]
     assert err.count("\n") == 1
     assert err.startswith(str(tmp_path / "scenarios.json") + ": ")
     assert fragment in err
     assert "Traceback" not in err
+
+
+def test_one_bad_scenario_does_not_hide_the_others(tmp_path: Path) -> None:
+    bad = {**BASE, "name": "bad", "params": {"pma": 97.5}}  # no direction
+    code, answers, err = run_main(tmp_path, [BASE, bad, {**BASE, "name": "s3"}])
+    assert code == 2
+    assert [a["name"] for a in answers] == ["s1", "bad", "s3"]
+    assert answers[0]["values"] == answers[2]["values"] == [13.0, 13.0]
+    assert "direction: required" in answers[1]["error"]
+    assert err.count("\n") == 1
+    assert "scenario 'bad'" in err
+
+
+def test_a_closed_gap_with_no_value_before_it_takes_the_first_value_after_without_a_default(tmp_path: Path) -> None:
+    """40 CFR 98.35(b)(1): "If no QA value exists before the incident, use the first QA value obtained after it."
+    Gap at months 0..1, first value after: 0.7302 -> final values [0.7302, 0.7302], version 1.
+    Before, the closed gap was first replayed as an open one, whose last_good provisional value needs a value
+    before the gap or a default_value, so the whole file was refused (exit 2, nothing printed)."""
+    scenario = {"name": "p98", "policy": "hour_before_after", "params": {"direction": "high"},
+                "history": [[0, None], [1, None], [2, 0.7302], [3, 0.7310]], "gap": [0, 1]}
+    code, (answer,), err = run_main(tmp_path, scenario)
+    assert (code, err) == (0, "")
+    assert answer["values"] == [0.7302, 0.7302]
+    assert answer["method_code"] == "G3"
+    assert answer["provisional"] == [None, None]  # nothing could be published while it was open
+    assert answer["provisional_trace"] is None
+    assert {h["version"] for h in answer["trace"]["hours"]} == {1}
+    assert "40 CFR 98.35(b)(1)" in answer["trace"]["hours"][0]["citation"]
 
 
 def test_the_documented_example_gives_the_documented_answer(tmp_path: Path) -> None:
@@ -179,11 +228,16 @@ scenario_like = st.fixed_dictionaries(
 def test_any_input_answers_or_exits_2_never_a_traceback(tmp_path: Path, data: Any) -> None:
     code, answers, err = run_main(tmp_path, data)
     assert code in (0, 2)
+    errors = [a for a in answers if "error" in a]
     if code == 0:
         assert err == ""
+        assert not errors
         assert len(answers) == (len(data) if isinstance(data, list) else 1)
-    else:
-        assert answers == []
+    elif answers:  # some scenarios failed: each has its line on stdout and on stderr, the rest are answered
+        assert len(answers) == (len(data) if isinstance(data, list) else 1)
+        assert errors
+        assert err.count("\n") == len(errors)
+    else:  # the file itself was unusable
         assert err.count("\n") == 1
 
 
