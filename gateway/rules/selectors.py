@@ -128,7 +128,43 @@ def provisional_hour(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
     if policy == "fixed_conservative_default":
         return fixed_default(ctx.require_default("provisional_policy"), "fixed_conservative_default",
                              CONSERVATIVE_DEFAULT + ", published as provisional")
-    return last_good(ctx)
+    return last_good_or_tier(ctx, hv, n_used)
+
+
+def last_good_or_tier(ctx: GapContext, hv: HourValue, n_used: int) -> Outcome:
+    """``provisional_policy: last_good``: the last good value until the tier value is computable with the data so
+    far (N so far, no 'after' value yet: the policy's open_gap_fallback), then the tier value; of the two, the
+    more conservative for the point's direction (issue 10 item 3). Before, a long open gap kept the last good
+    value forever, below what the final rule gives for a high-direction parameter."""
+    try:
+        held: Outcome | None = last_good(ctx)
+    except RuleInputError:
+        held = None
+    try:
+        tier: Outcome | None = select_hour(ctx, hv, n_used)
+    except RuleInputError:
+        tier = None  # not computable yet (a fallback value it needs is missing): the last good value stands
+    if tier is None:
+        if held is None:
+            return last_good(ctx)  # raises the one-line reason
+        return held
+    if held is None:
+        return _as_provisional_tier(tier, None)
+    direction = ctx.policy.direction
+    if direction is Direction.HIGH:
+        use_tier = tier.value > held.value
+    elif direction is Direction.LOW:
+        use_tier = tier.value < held.value
+    else:  # no direction (not on an emission path): the rule's own value once it exists
+        use_tier = tier.value != held.value
+    return _as_provisional_tier(tier, held.value) if use_tier else held
+
+
+def _as_provisional_tier(tier: Outcome, held: float | None) -> Outcome:
+    why = ("provisional: the tier value with the data so far" if held is None else
+           f"provisional: the tier value with the data so far, more conservative than the last good value {held}")
+    return Outcome(tier.value, tier.routine, tier.method_code, tier.citation, tier.statistics, tier.lookback,
+                   (*tier.notes, why), tier.alarms)
 
 
 def last_good(ctx: GapContext) -> Outcome:

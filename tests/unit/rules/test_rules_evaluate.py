@@ -65,7 +65,10 @@ def test_mrr_before_the_reference_period_closes_answers_provisional(tmp_path: Pa
     assert answer["values"] == [None]
     assert answer["provisional"] == [pytest.approx(7.0)]  # mean 3 + 2 x s 2
     assert answer["routine"] == "mean_plus_2sigma"
-    assert answer["provisional_trace"]["hours"][0]["routine"] == "last_good"
+    # Issue 10 item 3: while open (history 1.0, 3.0), the tier value mean 2 + 2 x s sqrt(2) = 4.83 was computable
+    # and above the last good 3.0, so it was published (this line asserted "last_good", the defect).
+    assert answer["provisional_trace"]["hours"][0]["routine"] == "mean_plus_2sigma"
+    assert answer["provisional_trace"]["hours"][0]["value"] == pytest.approx(2 + 2 * 2 ** 0.5)
 
 
 def test_non_operating_gap_hours_answer_null(tmp_path: Path) -> None:
