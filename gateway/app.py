@@ -15,6 +15,7 @@ from drivers.base import PollingDriver, SubscribingDriver
 from gateway import __version__, config_history
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
+from gateway.derived.carbon import CarbonStage, restore_carbon
 from gateway.derived.stage import DerivedStage
 from gateway.encode import EncoderContext, make_encoder
 from gateway.errors import PublishError, StoreError
@@ -85,6 +86,7 @@ class Gateway:
         self._events: list[tuple[str, Any]] = []  # clock steps / overload changes for the rules stage
         self._held: list[Reading] = []  # taken from the queue, not yet committed (kept across writer restarts)
         self.derived = DerivedStage(self.config.derived)
+        self.carbon = CarbonStage(self.config.derived)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -235,6 +237,7 @@ class Gateway:
         events_seen = len(self._events)
         overloaded = self.overload.active
         self.rules = rules = await self._rules(store)
+        self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms())
         cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
@@ -263,6 +266,8 @@ class Gateway:
             readings, more = rules.process(self._held)
             derived += more
             derived += rules.tick(tick_time(now, queue.oldest_ts()))
+            if self.carbon:  # hourly CO2 per source from the hours the rules engine just settled
+                derived += self.carbon.feed(derived, now)
             if readings or derived:  # the acks the forwarder gave the store go with this transaction
                 # The rules checkpoint goes with the readings it has seen: same transaction.
                 created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived,
@@ -362,7 +367,8 @@ class Gateway:
                 "clock": self.timekeeper.status(), "overload": self.overload.status(),
                 "loop_lag": self.loop_lag.status(),
                 "derived": {"points": len(self.config.derived.points), "computed": self.derived.computed,
-                            "not_computed": self.derived.failed}}
+                            "not_computed": self.derived.failed, "sources": len(self.carbon.methods),
+                            "carbon_records": self.carbon.issued}}
 
 
 def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:

@@ -71,7 +71,7 @@ def _guarded(what: str) -> Callable[[_F], _F]:
         return guarded  # type: ignore[return-value]
 
     return wrap
-DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections")
+DERIVED_KINDS = ("events", "aggregates", "substitutes", "corrections", "carbon")
 
 # Re-exported: the record types live in gateway.model; `from gateway.store import Derived` keeps working.
 __all__ = ["DERIVED_KINDS", "KIND_READINGS", "Derived", "Message", "Store", "StoreStats", "StoredReading"]

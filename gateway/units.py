@@ -6,6 +6,7 @@ conversion, a precomputed factor 0.08 us).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -36,6 +37,10 @@ _ALIASES = {
 }
 
 
+# "m3", "cm3", "ft3": a unit symbol followed by a power digit, as technicians write it (pint reads "m**3").
+_POWER = re.compile(r"(?<![A-Za-z0-9_*])(m|cm|mm|km|ft|in)([23])(?![A-Za-z0-9_])")
+
+
 class UnitError(ValueError):
     """A unit is unknown or two units are of different dimensions."""
 
@@ -52,7 +57,10 @@ def registry() -> pint.UnitRegistry:
 def _parse(unit: str) -> pint.Unit:
     if not isinstance(unit, str) or not unit.strip():
         raise UnitError(f"unknown unit {unit!r}")
-    expr = _ALIASES.get(unit.strip(), unit.strip())
+    expr = _ALIASES.get(unit.strip())
+    if expr is None:
+        # Compound spellings (GJ/m3, kg/m3/h, t/MWh): the whole-string aliases above, applied per factor.
+        expr = _POWER.sub(lambda m: f"{m.group(1)}**{m.group(2)}", unit.strip())
     try:
         return registry().Unit(expr)
     except (pint.errors.UndefinedUnitError, pint.errors.DefinitionSyntaxError, AttributeError,

@@ -155,15 +155,16 @@ def fault_trace(devices: Mapping[int, SimulatedDevice]) -> Callable[[bool, bytes
     return trace
 
 
-async def tick_devices(devices: dict[int, SimulatedDevice], interval_s: float) -> None:
-    """Advance every device's simulated values by the real time elapsed, forever (cancel to stop)."""
+async def tick_devices(devices: dict[int, SimulatedDevice], interval_s: float, time_scale: float = 1.0) -> None:
+    """Advance every device's simulated values by the real time elapsed (x time_scale, for a gateway on an
+    accelerated plant clock: totals then count plant hours), forever (cancel to stop)."""
     loop = asyncio.get_running_loop()
     last = loop.time()
     while True:
         await asyncio.sleep(interval_s)
         now = loop.time()
         for dev in devices.values():
-            dev.step(now - last)
+            dev.step((now - last) * time_scale)
         last = now
 
 
@@ -171,9 +172,10 @@ class ModbusMeterServer:
     """One listening endpoint (host:port) with one or more unit ids behind it."""
 
     def __init__(self, host: str, port: int, devices: dict[int, SimulatedDevice], *,
-                 update_interval_s: float = 0.2, rtu_framing: bool = False) -> None:
+                 update_interval_s: float = 0.2, rtu_framing: bool = False, time_scale: float = 1.0) -> None:
         self.host, self.port = host, port
         self.devices = devices
+        self.time_scale = time_scale
         self.update_interval_s = update_interval_s
         self.refuse = False  # knob: stop listening (connection refused) until cleared
         self._framer = FramerType.RTU if rtu_framing else FramerType.SOCKET
@@ -213,7 +215,7 @@ class ModbusMeterServer:
             await self._listen()
 
     async def _tick(self) -> None:
-        await tick_devices(self.devices, self.update_interval_s)
+        await tick_devices(self.devices, self.update_interval_s, self.time_scale)
 
     async def stop(self) -> None:
         if self._ticker is not None:

@@ -93,7 +93,8 @@ def simulated_device(spec: InstrumentSpec, *, seed: int) -> SimulatedDevice:
                            source=state.step, status_point=status_point, allow_gaps=gaps)
 
 
-def build_servers(cfg: Config, *, seed: int = 1) -> dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]]:
+def build_servers(cfg: Config, *, seed: int = 1,
+                  time_scale: float = 1.0) -> dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]]:
     """One Modbus server per loopback endpoint; returns {endpoint: (server, {instrument id: device})}."""
     servers: dict[str, tuple[ModbusMeterServer, dict[str, SimulatedDevice]]] = {}
     for i, spec in enumerate(cfg.instruments):
@@ -102,7 +103,8 @@ def build_servers(cfg: Config, *, seed: int = 1) -> dict[str, tuple[ModbusMeterS
             continue
         if conn.endpoint not in servers:
             # A serial device server in front of RTU meters speaks RTU frames over TCP.
-            server = ModbusMeterServer(conn.host, conn.port, {}, rtu_framing=conn.protocol == "modbus_rtu_over_tcp")
+            server = ModbusMeterServer(conn.host, conn.port, {}, rtu_framing=conn.protocol == "modbus_rtu_over_tcp",
+                                       time_scale=time_scale)
             servers[conn.endpoint] = (server, {})
         server, by_id = servers[conn.endpoint]
         dev = simulated_device(spec, seed=seed + i)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
@@ -45,7 +45,8 @@ class ConstantModel(Strict):
 
 
 class MethodModel(Strict):
-    name: str = Field(pattern=_NAME)  # e.g. measurement, calculation
+    name: str = Field(pattern=_NAME)  # e.g. cems, fuel
+    kind: Literal["measurement", "calculation"]  # CEMS (C x Q) or activity data x emission factor
     inputs: dict[str, str] = Field(min_length=1)  # formula name -> "instrument.point" (its hourly value)
     formula: str = Field(min_length=1, max_length=2000)
     unit: str = "kg/h"  # the formula's result: a rate (x the hour) or a mass for the hour
@@ -112,6 +113,7 @@ class DerivedPoint:
 class Method:
     source: str
     name: str
+    kind: str  # measurement | calculation
     inputs: tuple[tuple[str, str, str], ...]
     constants: tuple[str, ...]
     formula: Compiled
@@ -228,7 +230,7 @@ def plan_derived(directory: Path, specs: Sequence[InstrumentSpec], tz: ZoneInfo,
                     errors.append(ConfigError(str(err), **where))  # type: ignore[arg-type]
                     continue
                 used = tuple(n for n in compiled.inputs if n in constants and n not in m.inputs)
-                methods.append(Method(src.id, m.name, tuple(refs), used, compiled, per_hour))
+                methods.append(Method(src.id, m.name, m.kind, tuple(refs), used, compiled, per_hour))
     return DerivedPlan(tuple(points), constants, tuple(methods), (path,) if path is not None else ())
 
 

@@ -102,6 +102,7 @@ sources:
   - id: boiler1
     methods:
       - name: measurement
+        kind: measurement
         inputs: {co2: CEMS-01.co2, q: CEMS-01.flue_gas_flow}
         formula: co2_mass_rate(co2, q)
 """
@@ -128,5 +129,5 @@ def test_overlapping_constant_periods_are_an_error(tmp_path: Path) -> None:
 def test_a_method_unit_mistake_names_the_carbon_file_line(tmp_path: Path) -> None:
     bad = CARBON.replace("formula: co2_mass_rate(co2, q)", "formula: co2 + q")
     (line,) = errors_of(tmp_path, "co2_mass_rate(co2, q)", bad)
-    assert line.startswith(str(tmp_path / "cfg" / "carbon.yaml") + ":12:")  # the formula line
+    assert line.startswith(str(tmp_path / "cfg" / "carbon.yaml") + ":13:")  # the formula line
     assert "unit mismatch" in line

@@ -34,7 +34,7 @@ def poll(ts: int, co2: float | None = 12.0, flow: float = 100_000.0, h2o: float 
 
 def test_computed_from_aligned_inputs(stage: DerivedStage) -> None:
     (out,) = stage.process(poll(1_000))
-    # 12 % x 100 000 Nm3/h x (1 - 0.10) x 1.963462 kg/Nm3 = 21 205.4 kg/h
+    # 12 % x 100 000 Nm3/h x (1 - 0.10) x 1.963463 kg/Nm3 = 21 205.4 kg/h
     assert out.value == pytest.approx(21_205.4, abs=0.1)
     assert (out.instrument, out.point, out.unit, out.quality, out.ts_ms) == ("CEMS-01", "co2_rate", "kg/h",
                                                                             Quality.GOOD, 1_000)
