@@ -11,7 +11,8 @@ SYSTEM_TOOLS := mosquitto socat
 .PHONY: demo test lint bench bench-throughput sparkplug-proto system-tools venv clean
 
 demo: venv system-tools
-	$(VENV)/bin/python -m simulators.demo $(if $(DURATION),--duration $(DURATION)) $(if $(OUTPUT),--output $(OUTPUT))
+	$(VENV)/bin/python -m simulators.demo $(if $(DURATION),--duration $(DURATION)) $(if $(OUTPUT),--output $(OUTPUT)) \
+		$(if $(TIME_SCALE),--time-scale $(TIME_SCALE))
 
 test: venv system-tools
 	$(VENV)/bin/ruff check .

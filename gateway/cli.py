@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inject a fault: refuse, timeout, exception:CODE, frozen, nan, status:BITS (repeatable)")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--time-scale", type=float, default=1.0,
+                   help="advance the simulated signals N times faster (to match `run --time-scale`: totals "
+                        "then count plant hours)")
 
     w = sub.add_parser("watch", help="subscribe and show readings arriving per instrument (a live table)")
     w.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
@@ -191,7 +194,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _load(args.config)
         faults = parse_faults(args.fault)
-        return asyncio.run(run_simulators(cfg, faults=faults, duration_s=args.duration, seed=args.seed))
+        return asyncio.run(run_simulators(cfg, faults=faults, duration_s=args.duration, seed=args.seed,
+                                          time_scale=args.time_scale))
     if args.command == "watch":
         from gateway.watch import watch
 

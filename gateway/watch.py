@@ -36,6 +36,7 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
     views: dict[str, InstrumentView] = {}
     status: dict[str, str] = {}
     derived: dict[str, int] = {}
+    carbon: dict[str, dict] = {}  # source -> its newest hourly carbon record
     lock = threading.Lock()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -46,6 +47,11 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
         with lock:
             if msg.topic.endswith("/status"):
                 status[body.get("gateway", "?")] = body.get("state", "?")
+            elif msg.topic.endswith("/carbon"):
+                for rec in body.get("carbon", []):
+                    old = carbon.get(rec["source"])
+                    if old is None or (rec["hour_start"], rec["version"]) >= (old["hour_start"], old["version"]):
+                        carbon[rec["source"]] = rec
             elif (kind := msg.topic.rsplit("/", 1)[-1]) in ("events", "aggregates", "substitutes", "corrections"):
                 derived[kind] = derived.get(kind, 0) + len(body.get(kind, []))
             elif msg.topic.endswith("/readings"):
@@ -81,6 +87,8 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
                 table = _render(views, status, time.monotonic() - start)
                 if derived:
                     table += "\nrules engine: " + ", ".join(f"{k} {v}" for k, v in sorted(derived.items()))
+                if carbon:
+                    table += "\n" + _render_carbon(carbon)
                 done = until_instruments and sum(1 for v in views.values() if v.readings) >= until_instruments
             print(("\033[2J\033[H" if tty else "") + table, flush=True)
             if done:
@@ -105,4 +113,18 @@ def _render(views: dict[str, InstrumentView], status: dict[str, str], elapsed: f
         sample = ", ".join(f"{p}={_fmt(val)} {u}" for p, (val, u, _q) in list(v.last.items())[:3])
         lines.append(f"{name:<14}{v.messages:>7}{v.readings:>10}{v.last_seq:>7}{v.holes():>7}{v.duplicates:>6}"
                      f"{v.bad:>6}  {sample}")
+    return "\n".join(lines)
+
+
+def _render_carbon(carbon: dict[str, dict]) -> str:
+    """The newest hourly CO2 record of each emission source: kg by each method and their difference."""
+    lines = ["hourly CO2 (kg)"]
+    for source in sorted(carbon):
+        rec = carbon[source]
+        hour = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rec["hour_start"] / 1000))
+        methods = ", ".join(f"{name}={_fmt(m.get('co2_kg'))}" for name, m in rec["methods"].items())
+        diff = rec.get("difference")
+        rel = f"  diff {diff['relative'] * 100:+.1f} %" if diff and diff.get("relative") is not None else ""
+        lines.append(f"{source:<20} {hour} UTC  {methods}{rel}  [{rec['quality']}, {rec['status']}, "
+                     f"v{rec['version']}]")
     return "\n".join(lines)

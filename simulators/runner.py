@@ -171,8 +171,8 @@ def plugin_simulators(cfg: Config, *, seed: int = 1) -> list[Any]:
 
 
 async def run_simulators(cfg: Config, *, faults: Sequence[FaultSpec] = (), duration_s: float | None = None,
-                         seed: int = 1) -> int:
-    servers = build_servers(cfg, seed=seed)
+                         seed: int = 1, time_scale: float = 1.0) -> int:
+    servers = build_servers(cfg, seed=seed, time_scale=time_scale)
     ua = [s for s in cfg.instruments if s.protocol == "opcua" and s.connection.is_loopback]
     others = plugin_simulators(cfg, seed=seed)
     if not servers and not ua and not others:
