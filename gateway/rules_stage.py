@@ -81,6 +81,10 @@ class _Point:
     replay_until: int | None = None  # after a backward step: readings up to here repeat an aggregated interval
     fill_from_hour: int | None = None  # after a forward step: earlier hours were skipped by the clock
     allowed_ms: int = 0  # rules.gaps.allowed_ms (a computed property there), read at every tick walk
+    # _due() as of its last change (process, tick): the walk reads it instead of computing it per point.
+    # Never later than the true due time (earlier only costs a look); _FORCE: not known.
+    due: int = -(1 << 62)
+    closing: tuple[int, PeriodSummary | None] | None = None  # a closed period whose records are not made yet
 
     def __post_init__(self) -> None:
         self.allowed_ms = self.rules.gaps.allowed_ms
@@ -98,6 +102,11 @@ class RulesStage:
         # tick() runs at every commit: scanning 10,000 points 20 times a second cost ~18 us per reading.
         self._tick_due = _FORCE
         self._overload_gaps: dict[str, int] = {}  # instrument -> start of its open gateway_overload gap
+        # With defer_closes (the gateway's writer sets it), a period that ends is taken off its point at once
+        # (O(1)) and its records are made by take_closes() in slices, a few hundred per commit: 10,000 points
+        # closing in the same second otherwise held the event loop ~200 ms (issue 8). Off: made at once.
+        self.defer_closes = False
+        self._closing: deque[_Point] = deque()
         for inst in instruments:
             self.add_instrument(inst, now_ms=now_ms, last_readings=last_readings)
 
@@ -117,6 +126,7 @@ class RulesStage:
             self._startup.extend(self._event(e) for e in events)
             self._points[(inst.id, p.name)] = _Point(inst, p, p.rules, ValidityState(), state)
             self._cycle.append((inst.id, p.name))
+        self._tick_due = _FORCE  # its points' due times are not known yet
 
     # -- history from the store ------------------------------------------------------------------
 
@@ -183,8 +193,27 @@ class RulesStage:
         for _ in range(n):
             key = keys[self._cursor]
             self._cursor = (self._cursor + 1) % len(keys)
-            out[key] = self._dump(self._points[key])
+            st = self._points[key]
+            if st.closing is None:
+                out[key] = self._dump(st)
+            # else: its closed period's records are not committed yet; its previous checkpoint stays, so a
+            # restart re-feeds the readings after it and closes that period again.
         return out
+
+    def take_closes(self, limit: int | None = None) -> list[Derived]:
+        """The records of up to ``limit`` deferred period closes (all with None), oldest first."""
+        out: list[Derived] = []
+        q = self._closing
+        n = 0
+        while q and (limit is None or n < limit):
+            st = q.popleft()
+            if st.closing is not None:  # else: made already (a later close of the same point came first)
+                out.extend(self._finish_close(st))
+                n += 1
+        return out
+
+    def closes_pending(self) -> int:
+        return sum(1 for st in self._closing if st.closing is not None)
 
     def points(self) -> list[tuple[str, str]]:
         return list(self._points)
@@ -265,7 +294,7 @@ class RulesStage:
             if events:
                 derived.extend(self._event(e) for e in events)
             derived.extend(self._add_sample(st, r))
-            due = _due(st)
+            due = st.due = _due(st)
             if due < self._tick_due:
                 self._tick_due = due
         return out, derived
@@ -274,16 +303,21 @@ class RulesStage:
         """Time passing without readings: open gaps, close periods that ended.
 
         Every point is looked at only when one of them is due (``_tick_due``): otherwise nothing can happen
-        and the result is the same empty list, without the O(points) walk."""
+        and the result is the same empty list, without the O(points) walk. The walk reads each point's
+        cached due time (``_Point.due``, kept by process() and tick()), recomputed for every point only
+        after a restore, a clock step or an overload change (``_FORCE``)."""
         derived: list[Derived] = []
         if now_ms < self._tick_due:
             return derived
+        full = self._tick_due == _FORCE
         forced = False
         overloaded, overload_gaps = self._overloaded, self._overload_gaps
         next_due = _NEVER
         for st in self._points.values():
             if st.step is None:
-                due = _due(st)
+                due = st.due
+                if full or due <= now_ms:
+                    due = st.due = _due(st)
                 if due > now_ms:  # neither its gap nor its period can change now
                     if due < next_due:
                         next_due = due
@@ -301,12 +335,13 @@ class RulesStage:
             if st.period_start is not None and st.rules.totalizer is None:
                 # A period closes once a reading could no longer belong to it (one cadence of slack).
                 while st.period_start + st.rules.period_ms + st.rules.cadence_ms <= now_ms:
-                    derived.extend(self._close_period(st))
+                    derived.extend(self._close_period(st, defer=True))
             due = _due(st)
             if due <= now_ms and overloaded and st.instrument.id in overload_gaps and st.step is None:
                 # Past its allowance while its instrument's overload gap is open: its gap has nothing to do
                 # until a reading comes (process) or the overload ends (set_overloaded walks again).
                 due = _due(st, gap=False)
+            st.due = due
             if due < next_due:
                 next_due = due
         self._tick_due = _FORCE if forced else next_due
@@ -425,7 +460,7 @@ class RulesStage:
             return out  # late reading for a period already closed: stored, not re-aggregated
         skipped = 0
         while start > st.period_start:
-            out.extend(self._close_period(st))
+            out.extend(self._close_period(st, defer=True))
             skipped += 1
             if skipped > MAX_EMPTY_PERIODS:
                 st.period_start = start
@@ -436,13 +471,29 @@ class RulesStage:
         summary.add(r)
         return out
 
-    def _close_period(self, st: _Point) -> list[Derived]:
+    def _close_period(self, st: _Point, *, defer: bool = False) -> list[Derived]:
+        """Close the open period; with ``defer`` (and ``defer_closes``) its records are made later by
+        take_closes(). A point's closes are always made in order: an earlier deferred one first."""
         assert st.period_start is not None
+        out = self._finish_close(st) if st.closing is not None else []
         start = st.period_start
-        period = st.rules.period_ms
-        summary = st.summary if st.summary is not None else PeriodSummary(start, period)
+        summary = st.summary
         st.summary = None
-        st.period_start = start + period
+        st.period_start = start + st.rules.period_ms
+        st.closing = (start, summary)
+        if defer and self.defer_closes:
+            self._closing.append(st)
+            return out
+        out.extend(self._finish_close(st))
+        return out
+
+    def _finish_close(self, st: _Point) -> list[Derived]:
+        assert st.closing is not None
+        start, summary = st.closing
+        st.closing = None
+        period = st.rules.period_ms
+        if summary is None:
+            summary = PeriodSummary(start, period)
         if st.closed_until is not None and start < st.closed_until:
             return []  # restart: this period's aggregate is stored already
         agg = summarize(summary, cadence_ms=st.rules.cadence_ms, rule=st.rules.aggregate)
