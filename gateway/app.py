@@ -39,6 +39,7 @@ log = logging.getLogger("gateway.app")
 AUTH_CHECK_S = 10.0  # how long `run` waits for the broker's first answer before going on regardless
 SHUTDOWN_WAIT_S = 5.0
 WRITE_CHUNK = 2_000  # readings per transaction at most (~40 ms of rules + commit on this machine)
+CLOSE_SLICE = 500  # period closes made per transaction at most (issue 8: 10,000 at once held the loop ~200 ms)
 INBOX_INTERVAL_S = 1.0  # how often the corrections inbox is looked at
 SYNC_CHECK_S = 10.0  # how often the kernel clock's synchronisation state is read
 
@@ -172,8 +173,10 @@ class Gateway:
                 if failure is None:
                     # Nothing polled is lost on a clean stop: commit what is still queued.
                     held, self._held = self._held, []
+                    closes = self.rules.take_closes() if self.rules is not None else []  # deferred, not made yet
                     store.commit(self._mark(held + queue.take(len(queue))), now_ms=self.clock.wall_ms(),
-                                 per_message=st.mqtt.readings_per_message)  # with the acks the store holds
+                                 per_message=st.mqtt.readings_per_message,  # with the acks the store holds
+                                 derived=closes)
                 if failure is not None:
                     forwarder.store_failed(failure)  # the retained status says why, then `offline`
                 forwarder.shutdown()
@@ -238,6 +241,7 @@ class Gateway:
         overloaded = self.overload.active
         self.rules = rules = await self._rules(store)
         self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms())
+        rules.defer_closes = True  # made CLOSE_SLICE per commit by take_closes() below
         cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
@@ -266,6 +270,7 @@ class Gateway:
             readings, more = rules.process(self._held)
             derived += more
             derived += rules.tick(tick_time(now, queue.oldest_ts()))
+            derived += rules.take_closes(CLOSE_SLICE)
             if self.carbon:  # hourly CO2 per source from the hours the rules engine just settled
                 derived += self.carbon.feed(derived, now)
             if readings or derived:  # the acks the forwarder gave the store go with this transaction
