@@ -53,11 +53,25 @@ instruments:
 """
 
 
-def build(meters: int, points: int, period_s: int) -> list:
+PLANT_INSTRUMENT = """\
+instruments:
+  - id: M0
+    name: meter
+    kind: power_meter
+    calibration: {last_date: 2026-03-01, interval_months: 24}
+    connection: {protocol: modbus_tcp, host: 127.0.0.1, port: 15999, unit_id: 1}
+    poll_interval_s: 1
+    points:
+""" + "".join(f"      - {{name: v{2 * p}, table: holding, address: {2 * p}, type: float32, order: ABCD, "
+              f'device_unit: "1", aggregate: {{period_s: PERIOD, rule: mrr}}}}\n' for p in range(20))
+
+
+def build(meters: int, points: int, period_s: int, like: str = "cems") -> list:
     d = Path(tempfile.mkdtemp(prefix="rules-soak-"))
     (d / "instruments").mkdir()
     (d / "gateway.yaml").write_text(GATEWAY)
-    (d / "instruments" / "plant.yaml").write_text(INSTRUMENT.replace("PERIOD", str(period_s)))
+    template = PLANT_INSTRUMENT if like == "plant" else INSTRUMENT
+    (d / "instruments" / "plant.yaml").write_text(template.replace("PERIOD", str(period_s)))
     spec = load_config(d).instruments[0]
     ruled = [p for p in spec.points if p.rules is not None]
     with_period = [p if p.rules.period_ms == period_s * 1000 else
@@ -78,12 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--periods", type=float, default=2.2, help="how many periods to run (>= 2 for two closes)")
     ap.add_argument("--chunk", type=int, default=2000,
                     help="readings per process() call, as the store writer takes them (app.WRITE_CHUNK)")
+    ap.add_argument("--like", choices=["cems", "plant"], default="cems",
+                    help="cems: cems_generic points (totalizers included); plant: bench.plant's 20 float32 "
+                         "power_meter points (gen_cg_config.py), all with the mrr rule")
+    ap.add_argument("--ticks-per-s", type=int, default=1,
+                    help="tick() calls a second (the store writer ticks at every commit: 20 with 50 ms commits)")
+    ap.add_argument("--spread-ms", type=int, default=0,
+                    help="meter m's readings are stamped m * SPREAD / meters ms into the second (0: all at once)")
     ap.add_argument("--label", default="")
     args = ap.parse_args(argv)
     proc = psutil.Process()
-    specs = build(args.meters, args.points, args.period_s)
+    specs = build(args.meters, args.points, args.period_s, args.like)
     keys = [(s.id, p.name, p.unit, p.rules.totalizer is not None) for s in specs for p in s.points]
     stage = RulesStage(specs, now_ms=T0)
+    # Meters answer one after the other through the second (the gateway's event loop serialises them).
+    spread = {s.id: m * args.spread_ms // max(1, len(specs)) for m, s in enumerate(specs)}
     seconds = int(args.period_s * args.periods)
     gc.collect()
     rss0 = proc.memory_info().rss
@@ -95,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in range(seconds):
         ts = T0 + s * 1000
         wave = (s % 97) * 0.01
-        batch = [Reading(i, p, ts, (s * 0.5 + 1000.0) if total else 10.0 + wave, u, Quality.GOOD, "",
+        batch = [Reading(i, p, ts + spread[i], (s * 0.5 + 1000.0) if total else 10.0 + wave, u, Quality.GOOD, "",
                          Calibration.VALID) for i, p, u, total in keys]
         for i in range(0, len(batch), args.chunk):
             chunk = batch[i : i + args.chunk]
@@ -104,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             stage.process(chunk)
             if last:
                 stage.tick(ts + 500)
+                for k in range(1, args.ticks_per_s):  # the store writer ticks at every commit
+                    stage.tick(ts + 500 + k * 1000 // args.ticks_per_s)
             calls.append(time.perf_counter() - t_wall)
             call_cpu.append(time.process_time() - t_cpu)
             cpu += call_cpu[-1]
