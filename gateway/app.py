@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import PollingDriver, SubscribingDriver
-from gateway import __version__, config_history
+from gateway import __version__, config_history, reload
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
 from gateway.derived.carbon import CarbonStage, restore_carbon
@@ -79,6 +79,11 @@ class Gateway:
     overload: OverloadMonitor = field(default_factory=OverloadMonitor)
     loop_lag: LoopLag = field(default_factory=LoopLag)  # the longest event-loop stall, on the status topic
     rules: RulesStage | None = field(default=None, init=False)  # the writer's, for tests and status
+    # Live reload (issue 11 item 3, gateway/reload.py): how to read the configuration again (None: SIGHUP is
+    # ignored), the last reload's outcome for the status topic, rules changes waiting for the writer.
+    loader: Callable[[], Config] | None = None
+    reload_status: dict[str, Any] | None = field(default=None, init=False)
+    rules_changes: list[reload.RulesChange] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(backoff_min_s=self.restart_backoff_s[0], backoff_max_s=self.restart_backoff_s[1],
@@ -88,6 +93,7 @@ class Gateway:
         self._held: list[Reading] = []  # taken from the queue, not yet committed (kept across writer restarts)
         self.derived = DerivedStage(self.config.derived)
         self.carbon = CarbonStage(self.config.derived)
+        self._committed = 0  # readings taken from the queue and committed (a reload waits for its mark)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -102,35 +108,27 @@ class Gateway:
         encoder = make_encoder(st.output.encoder, EncoderContext(st.mqtt.topic_prefix, st.gateway.id,
                                                                   store.epoch, cfg.version, output=st.output))
         forwarder = Forwarder(st.mqtt, st.gateway.id, store, encoder,
-                              meta=lambda: {s.id: s.metadata() for s in cfg.instruments},
+                              meta=lambda: {s.id: s.metadata() for s in self.config.instruments},
                               status_extra=self._status_extra, config_version=cfg.version, site=st.gateway.site,
                               # an output with its own session (Sparkplug B: STATE, rebirth, Will per CONNECT)
                               transport=encoder.transport(st.mqtt) if hasattr(encoder, "transport") else None)
-        self.pollers = [
-            ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
-                             backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s,
-                             on_poll_start=self.overload.poll_started)
-            for specs in group_by_endpoint(cfg.instruments).values()
-        ]
         for line in cfg.warnings:
             log.warning("%s", line)
-        self.subscribers = [(s, make_subscriber(s)) for s in cfg.instruments
-                            if s.polled and PROTOCOLS.named(s.protocol).kind == "subscribing"]
+        subscribing = [s for s in cfg.instruments if s.polled and PROTOCOLS.named(s.protocol).kind == "subscribing"]
         log.info("carbon-gateway %s: %d instruments on %d connections, store %s, broker %s:%d, config %s",
-                 __version__, sum(len(p.specs) for p in self.pollers) + len(self.subscribers),
-                 len(self.pollers) + len(self.subscribers), st.store.path, st.mqtt.host, st.mqtt.port, cfg.version)
+                 __version__, sum(len(g) for g in group_by_endpoint(cfg.instruments).values()) + len(subscribing),
+                 len(group_by_endpoint(cfg.instruments)) + len(subscribing), st.store.path, st.mqtt.host,
+                 st.mqtt.port, cfg.version)
         self.timekeeper.check_sync()
         self.timekeeper.check()
         loop = asyncio.get_running_loop()
         signals = contextlib.ExitStack()
         stop = signals.enter_context(stop_on_signals())
         sup = self.supervisor
-        for p in self.pollers:
-            sup.spawn(self._poller_name(p), p.run, on_failure=self._mark_failed(p.specs, queue))
-        ingest = Ingest(queue, [spec for spec, _drv in self.subscribers])
-        for spec, drv in self.subscribers:
-            sup.spawn(f"subscribe {spec.id}", functools.partial(drv.run, ingest),
-                      on_failure=self._mark_failed([spec], queue))
+        for specs in group_by_endpoint(cfg.instruments).values():
+            self.start_poller(specs, queue)
+        for spec in subscribing:
+            self.start_subscriber(spec, queue)
         sup.spawn("forwarder", forwarder.run)
         replayer = attach_replay(forwarder, st, store, encoder, self.clock.wall_ms)  # issue 12: commands
         if replayer is not None:
@@ -140,6 +138,10 @@ class Gateway:
         sup.spawn("pruner", functools.partial(self._prune, store))
         sup.spawn("monitor", functools.partial(self._monitor, queue))
         sup.spawn("loop lag", self.loop_lag.run)
+        if self.loader is not None:  # SIGHUP re-reads the configuration (gateway/reload.py)
+            reloader = reload.Reloader(self, queue, store, forwarder, self.loader)
+            signals.enter_context(reloader.on_sighup())
+            sup.spawn("reload", reloader.run)
         stopper = asyncio.create_task(stop.wait(), name="stop signal")
         fatal = asyncio.create_task(sup.wait_fatal(), name="fatal failure")
         auth = asyncio.create_task(self._first_connect(forwarder), name="broker login check")
@@ -191,8 +193,25 @@ class Gateway:
             raise failure
 
     @staticmethod
-    def _poller_name(p: ConnectionPoller) -> str:
+    def poller_name(p: ConnectionPoller) -> str:
         return f"poll {p.conn.name}"
+
+    def start_poller(self, specs: Sequence[InstrumentSpec], queue: ReadingQueue) -> ConnectionPoller:
+        """One supervised polling task for the instruments of one endpoint (at start and by a reload)."""
+        st = self.config.settings
+        p = ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
+                             backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s,
+                             on_poll_start=self.overload.poll_started)
+        self.pollers.append(p)
+        self.supervisor.spawn(self.poller_name(p), p.run, on_failure=self._mark_failed(p.specs, queue))
+        return p
+
+    def start_subscriber(self, spec: InstrumentSpec, queue: ReadingQueue) -> None:
+        """One supervised subscribing driver for an instrument (at start and by a reload)."""
+        drv = make_subscriber(spec)
+        self.subscribers.append((spec, drv))
+        self.supervisor.spawn(f"subscribe {spec.id}", functools.partial(drv.run, Ingest(queue, [spec])),
+                              on_failure=self._mark_failed([spec], queue))
 
     def _mark_failed(self, specs: Sequence[InstrumentSpec],
                      queue: ReadingQueue) -> Callable[[BaseException], Awaitable[None]]:
@@ -242,10 +261,14 @@ class Gateway:
         self.rules = rules = await self._rules(store)
         self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms())
         rules.defer_closes = True  # made CLOSE_SLICE per commit by take_closes() below
+        reload.writer_ready(self)  # changes asked for by a reload meanwhile are in this rules stage
         cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
         while True:
+            if self.rules_changes and not self._held and self._committed >= self.rules_changes[0].after:
+                # A reload: everything queued before it is committed, now the rules stage takes the new config.
+                await reload.run_rules_change(self.rules_changes.pop(0), rules, store, self.clock.wall_ms())
             if not self._held and len(queue) < WRITE_CHUNK:
                 await queue.wait(interval)
                 await asyncio.sleep(interval)  # gather a whole interval's readings into one transaction
@@ -279,6 +302,7 @@ class Gateway:
                                        rules_state=rules.checkpoint(cp_limit))
                 if created:
                     forwarder.notify()
+            self._committed += len(self._held)
             self._held = []
 
     def _check_clock(self) -> None:
@@ -302,6 +326,7 @@ class Gateway:
         inbox = Inbox(inbox_for(st.store.path), self.config)
         while True:
             await asyncio.sleep(INBOX_INTERVAL_S)
+            inbox.config = self.config  # after a reload, corrections for its instruments
             now = self.clock.wall_ms()
             got = inbox.collect(store, now)
             if got.records:
@@ -355,7 +380,7 @@ class Gateway:
         sup = self.supervisor
         instruments: dict[str, Any] = {}
         for p in self.pollers:
-            task = sup.info(self._poller_name(p))
+            task = sup.info(self.poller_name(p))
             for sid, h in p.health.items():
                 instruments[sid] = {**h.status(), "late_polls": p.late_polls.get(sid, 0)}
                 if task is not None and task.state == FAILED:
@@ -373,7 +398,8 @@ class Gateway:
                 "loop_lag": self.loop_lag.status(),
                 "derived": {"points": len(self.config.derived.points), "computed": self.derived.computed,
                             "not_computed": self.derived.failed, "sources": len(self.carbon.methods),
-                            "carbon_records": self.carbon.issued}}
+                            "carbon_records": self.carbon.issued},
+                **({"reload": self.reload_status} if self.reload_status is not None else {})}
 
 
 def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:

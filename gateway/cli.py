@@ -171,7 +171,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             origin = parse_time(args.time_origin) if args.time_origin else None
             clock = ScaledClock(args.time_scale, origin)
-        asyncio.run(Gateway(cfg, clock=clock).run(duration_s=args.duration))
+        import functools
+
+        loader = functools.partial(_reload_config, args.config, mqtt_url=args.mqtt_url, store=args.store)
+        asyncio.run(Gateway(cfg, clock=clock, loader=loader).run(duration_s=args.duration))
         return EXIT_OK
     if args.command == "correct":
         from gateway.corrections import submit
@@ -258,6 +261,13 @@ def _store_command(args: argparse.Namespace) -> int:
         print(f"{args.target}: backup of {path}, epoch {epoch} (a restored backup is a new store to subscribers)")
         return EXIT_OK
     raise AssertionError(args.store_command)
+
+
+def _reload_config(config_dir: Path, *, mqtt_url: str | None, store: Path | None):
+    """The configuration again, for a reload on SIGHUP (gateway/reload.py), with `run`'s overrides."""
+    from gateway.registry import load_config
+
+    return _override(load_config(config_dir), mqtt_url=mqtt_url, store=store)
 
 
 def _override(cfg, *, mqtt_url: str | None, store: Path | None):

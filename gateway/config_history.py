@@ -74,10 +74,15 @@ def instrument_manifest(spec: Any) -> dict[str, Any]:
 def manifest(cfg: Config) -> dict[str, Any]:
     """The configuration's manifest: stored with its version, compared by `changes`."""
     settings = cfg.settings.model_dump(mode="json")
-    return {
+    out: dict[str, Any] = {
         "settings": {section: _digest(value) for section, value in sorted(settings.items())},
         "instruments": {spec.id: instrument_manifest(spec) for spec in cfg.instruments},
     }
+    # Constants and carbon methods of derived points (issue 13: carbon.yaml); formulas are in the instruments.
+    files = getattr(getattr(cfg, "derived", None), "files", ())
+    if files:
+        out["derived_files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files if f.is_file()}
+    return out
 
 
 def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,6 +98,8 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, 
     sections = sorted(k for k in set(o_set) | set(n_set) if o_set.get(k) != n_set.get(k))
     if sections:
         out["settings"] = sections
+    if old.get("derived_files") != new.get("derived_files"):
+        out["derived_files"] = sorted(set(old.get("derived_files") or {}) | set(new.get("derived_files") or {}))
     o_inst, n_inst = old.get("instruments", {}), new.get("instruments", {})
     added = sorted(set(n_inst) - set(o_inst))
     removed = sorted(set(o_inst) - set(n_inst))
@@ -158,6 +165,8 @@ def summary(c: Mapping[str, Any]) -> str:
     parts: list[str] = []
     if c.get("settings"):
         parts.append("gateway.yaml " + ",".join(c["settings"]))
+    if c.get("derived_files"):
+        parts.append("derived " + ",".join(c["derived_files"]))
     parts += [f"+{i}" for i in c.get("added", [])]
     parts += [f"-{i}" for i in c.get("removed", [])]
     for iid, ch in c.get("changed", {}).items():
@@ -170,9 +179,10 @@ def summary(c: Mapping[str, Any]) -> str:
             what.append(f"unit {p} {x}->{y}")
         for p, (x, y) in ch.get("scales", {}).items():
             what.append(f"scale {p} {_scale_text(x)}->{_scale_text(y)}")
-        for p in ch.get("points_other", []):
-            if p not in ch.get("units", {}) and p not in ch.get("scales", {}):
-                what.append(f"point {p}")
+        others = [p for p in ch.get("points_other", []) if p not in ch.get("units", {})
+                  and p not in ch.get("scales", {})]
+        if others:  # addressing or rules (a poll interval change changes every point's cadence)
+            what.append(f"point {others[0]}" if len(others) == 1 else f"{len(others)} points' rules or addressing")
         for key in ("calibration", "poll_interval_s", "status", "protocol", "connection"):
             if key in ch:
                 what.append(key if key == "calibration" else f"{key} {ch[key][0]}->{ch[key][1]}")

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.encode import Encoder, EncoderContext, JsonEncoder
@@ -204,6 +204,17 @@ class Forwarder:
     def notify(self) -> None:
         """New messages were committed."""
         self._wake.set()
+
+    def reconfigured(self, config_version: str, meta: dict[str, dict[str, Any]]) -> None:
+        """A reload applied a new configuration: its version from now on, the retained `meta` of the added
+        and changed instruments (`meta`) and a status message at once (when connected; else at connect)."""
+        self._config_version = config_version
+        ctx = getattr(self.encoder, "ctx", None)
+        if ctx is not None:
+            self.encoder.ctx = replace(ctx, config_version=config_version)  # type: ignore[attr-defined]
+        if self.stats.connected and not self._closing and self._state == "online":
+            for pub in self.encoder.birth(self._status_body(), meta):
+                self._send(pub)
 
     # -- publishing ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ jitter) without touching the schedules of other devices; polls skipped meanwhile
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -44,6 +45,22 @@ class ConnectionPoller:
         self.ingest = Ingest(out, specs, on_readings=on_readings)
         self.late_polls = {s.id: 0 for s in specs}  # polls that started over half an interval after their due time
         self._on_poll_start = on_poll_start  # (instrument, seconds late, interval): overload detection
+        self._polling = False  # a poll is under way (its readings not yet queued)
+        self._park: asyncio.Event | None = None  # set by park(): stop between polls
+
+    async def park(self, timeout_s: float) -> bool:
+        """Let the poll under way finish and queue its readings, then stay idle until cancelled: a poller a
+        reload replaces is cancelled only between polls, so no reading is lost half-way. False when the poll
+        did not finish within `timeout_s` (the caller cancels it anyway: that poll then counts as not made)."""
+        self._park = asyncio.Event()
+        if not self._polling:
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._park.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def run(self) -> None:
         start = self.clock.monotonic()
@@ -64,7 +81,14 @@ class ConnectionPoller:
                         self.late_polls[spec.id] += 1
                     if self._on_poll_start is not None:
                         self._on_poll_start(spec.id, late, spec.poll_interval_s)
-                await self._poll(spec, due, not_before)
+                self._polling = True
+                try:
+                    await self._poll(spec, due, not_before)
+                finally:
+                    self._polling = False
+                if self._park is not None:
+                    self._park.set()
+                    await asyncio.Event().wait()  # parked: cancelled by the reload that replaces this poller
         finally:
             await self.conn.close()
 

@@ -19,6 +19,7 @@ class ReadingQueue:
         self._not_full.set()
         self._not_empty = asyncio.Event()
         self.blocked_puts = 0  # how often a producer had to wait: published on the status topic
+        self.total_in = 0  # readings ever queued: a reload waits until the writer has committed this many
 
     def __len__(self) -> int:
         return len(self._items)
@@ -29,6 +30,7 @@ class ReadingQueue:
             self._not_full.clear()
             await self._not_full.wait()
         self._items.extend(batch)
+        self.total_in += len(batch)
         if self._items:
             self._not_empty.set()
 

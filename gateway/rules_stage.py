@@ -128,6 +128,48 @@ class RulesStage:
             self._cycle.append((inst.id, p.name))
         self._tick_due = _FORCE  # its points' due times are not known yet
 
+    # -- live reload (issue 11 item 3; gateway/reload.py) ------------------------------------------------
+
+    def drop_instrument(self, instrument: str) -> None:
+        """Stop watching an instrument removed from the configuration (its stored records stay as they are)."""
+        self._points = {k: v for k, v in self._points.items() if k[0] != instrument}
+        self._cycle = [k for k in self._cycle if k[0] != instrument]
+        self._cursor = self._cursor % len(self._cycle) if self._cycle else 0
+        self._overload_gaps.pop(instrument, None)
+        self._tick_due = _FORCE
+
+    def rebind(self, inst: InstrumentSpec) -> set[str]:
+        """A changed instrument: each point whose rules are unchanged keeps its running state (gap ledger,
+        validity, open period) under the new spec; points removed or with other rules are dropped. Returns
+        the names of the points that still need a state (new, or rules changed): see ``adopt``."""
+        wanted = {p.name: p for p in inst.points if p.rules is not None} if inst.polled else {}
+        for key in [k for k in self._points if k[0] == inst.id and k[1] not in wanted]:
+            del self._points[key]
+        missing: set[str] = set()
+        for name, p in wanted.items():
+            st = self._points.get((inst.id, name))
+            if st is not None and st.rules == p.rules:
+                st.instrument, st.spec = inst, p
+            else:
+                self._points.pop((inst.id, name), None)
+                missing.add(name)
+        self._cycle = [k for k in self._cycle if k in self._points]
+        self._cursor = self._cursor % len(self._cycle) if self._cycle else 0
+        self._tick_due = _FORCE
+        return missing
+
+    def adopt(self, other: RulesStage, keys: set[tuple[str, str]] | None = None) -> None:
+        """Take over points built by another stage (``load_rules`` of the added or changed instruments, so
+        resumed from the store as at a start), with the start-up events it made for them."""
+        for key, st in other._points.items():
+            if keys is not None and key not in keys:
+                continue
+            if key not in self._points:
+                self._cycle.append(key)
+            self._points[key] = st
+        self._startup.extend(d for d in other._startup if keys is None or (d.instrument, d.point) in keys)
+        self._tick_due = _FORCE
+
     # -- history from the store ------------------------------------------------------------------
 
     def restore(self, instrument: str, point: str, aggregates: Sequence[dict[str, Any]],

@@ -172,6 +172,14 @@ class Supervisor:
 
     # -- stopping ------------------------------------------------------------------------------------
 
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop stopped tasks from `snapshot()` (a poller or subscriber a reload removed for good)."""
+        for n in names:
+            task = self._tasks.get(n)
+            if task is None or task.done():
+                self._tasks.pop(n, None)
+                self._info.pop(n, None)
+
     async def stop(self, names: Iterable[str] | None = None, *, timeout_s: float = 5.0) -> list[str]:
         """Cancel the named tasks (default: all) and wait at most `timeout_s`; returns those still running."""
         chosen = [self._tasks[n] for n in (self._tasks if names is None else names) if n in self._tasks]
