@@ -16,6 +16,7 @@ from gateway import __version__, config_history, reload
 from gateway.clock import REASON_CLOCK_STEPPED, Clock, SystemClock, TimeKeeper, kernel_synchronised
 from gateway.corrections import Inbox, inbox_for
 from gateway.derived.carbon import CarbonStage, restore_carbon
+from gateway.derived.corrected import corrected_hours
 from gateway.derived.stage import DerivedStage
 from gateway.encode import EncoderContext, make_encoder
 from gateway.errors import PublishError, StoreError
@@ -176,7 +177,11 @@ class Gateway:
                     # Nothing polled is lost on a clean stop: commit what is still queued.
                     held, self._held = self._held, []
                     closes = self.rules.take_closes() if self.rules is not None else []  # deferred, not made yet
-                    store.commit(self._mark(held + queue.take(len(queue))), now_ms=self.clock.wall_ms(),
+                    if self.carbon:
+                        closes += self.carbon.feed(closes, self.clock.wall_ms())
+                    rest = self._mark(queue.take(len(queue)))
+                    rest += self.derived.process(rest) if self.derived else []
+                    store.commit(held + rest, now_ms=self.clock.wall_ms(),
                                  per_message=st.mqtt.readings_per_message,  # with the acks the store holds
                                  derived=closes)
                 if failure is not None:
@@ -259,7 +264,7 @@ class Gateway:
         events_seen = len(self._events)
         overloaded = self.overload.active
         self.rules = rules = await self._rules(store)
-        self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms())
+        self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms(), self.config.instruments)
         rules.defer_closes = True  # made CLOSE_SLICE per commit by take_closes() below
         reload.writer_ready(self)  # changes asked for by a reload meanwhile are in this rules stage
         cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
@@ -329,6 +334,10 @@ class Gateway:
             inbox.config = self.config  # after a reload, corrections for its instruments
             now = self.clock.wall_ms()
             got = inbox.collect(store, now)
+            if got.records and self.carbon:
+                # A corrected reading changes its hour's value: carbon records that used it get a new version.
+                hours = corrected_hours(got.records, self.config.instruments, store, self.carbon.watch)
+                got.records.extend(self.carbon.feed(hours, now))
             if got.records:
                 # The files' hashes go in the same transaction as their records: stored exactly once.
                 created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message,

@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.derived.config import DerivedPlan, Method
 from gateway.derived.formula import Sample
+from gateway.instruments import InstrumentSpec
 from gateway.model import Derived
 from gateway.units import conversion
 
@@ -77,6 +78,9 @@ def hour_input(rec: Derived) -> HourInput | None:
                              {**ref, "recovered": b.get("recovered")})
         return HourInput(None, str(b.get("unit", "")), "invalid", "bad", ref)
     if b.get("valid") and b.get("mean") is not None:
+        if b.get("corrected"):  # recomputed with manual corrections (gateway.derived.corrected)
+            return HourInput(float(b["mean"]), str(b.get("unit", "")), "corrected_mean", "good",
+                             {**ref, "valid_count": b.get("valid_count"), "corrections": b.get("corrections")})
         return HourInput(float(b["mean"]), str(b.get("unit", "")), "mean", "good",
                          {**ref, "valid_count": b.get("valid_count"), "possible": b.get("possible")})
     return HourInput(None, str(b.get("unit", "")), "invalid", "bad", ref)
@@ -245,8 +249,11 @@ class CarbonStage:
                 "provisional": provisional}
 
 
-def restore_carbon(plan: DerivedPlan, store: Any, now_ms: int) -> CarbonStage:
-    """The carbon stage of a (re)started writer, rebuilt from the store (a `gateway.store.Store`)."""
+def restore_carbon(plan: DerivedPlan, store: Any, now_ms: int, specs: Sequence[InstrumentSpec] = ()) -> CarbonStage:
+    """The carbon stage of a (re)started writer, rebuilt from the store (a `gateway.store.Store`): the hourly
+    aggregates and substitutes, then the manual corrections of those hours, then the records issued."""
+    from gateway.derived.corrected import corrected_hours
+
     stage = CarbonStage(plan)
     if not stage:
         return stage
@@ -257,6 +264,10 @@ def restore_carbon(plan: DerivedPlan, store: Any, now_ms: int) -> CarbonStage:
             inputs += [Derived(kind, inst, point, int(b.get("period_start", b.get("hour_start", 0))), b)
                        for b in store.records(kind, inst, point, since_ms=since)]
     inputs.sort(key=lambda r: (r.ts_ms, r.kind == "substitutes", int(r.body.get("version", 0) or 0)))
+    corrections = [Derived("corrections", inst, point, int(b["ts"]), b) for inst, point in sorted(stage.watch)
+                   for b in store.records("corrections", inst, point, since_ms=since)]
+    if corrections and specs:
+        inputs += corrected_hours(corrections, specs, store, stage.watch)
     issued = [b for source in stage.methods for b in store.records(KIND, source, "", since_ms=since)]
     stage.restore(inputs, issued, now_ms)
     return stage

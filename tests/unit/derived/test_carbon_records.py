@@ -131,3 +131,48 @@ def test_a_constant_not_valid_at_the_hour_is_named(tmp_path: Path) -> None:
                 total(H, 5.0)], now_ms=H + HOUR)
     (rec,) = stage.feed([], now_ms=H + 3 * HOUR)
     assert rec.body["methods"]["fuel"]["missing"] == ["constant ncv_gas (no value valid at this hour)"]
+
+
+def test_a_correction_recomputes_the_hour_as_a_new_version(tmp_path: Path) -> None:
+    from gateway.derived.carbon import restore_carbon
+    from gateway.derived.corrected import corrected_hours
+    from gateway.model import Calibration, Quality, Reading
+    from gateway.store import Store
+
+    d = write_config(tmp_path / "cfg", (CEMS % "co2_mass_rate(co2, q)").replace("poll_interval_s: 1",
+                                                                                 "poll_interval_s: 60"))
+    (d / "carbon.yaml").write_text(textwrap.dedent(CARBON))
+    cfg = load_config(d)
+    stage = CarbonStage(cfg.derived)
+    store = Store(tmp_path / "gw.db", synchronous="normal", config_version=cfg.version)
+    try:
+        # 60 CO2 readings of 10 %vol in the hour (one a minute), stored as the gateway stores them
+        readings = [Reading("CEMS-01", "co2", H + i * 60_000, 10.0, "%vol", Quality.GOOD, "", Calibration.VALID)
+                    for i in range(60)]
+        store.commit(readings, now_ms=H + HOUR, per_message=100)
+        hourly = [agg("CEMS-01", "co2", H, 10.0, "%vol"), agg("CEMS-01", "flue_gas_flow", H, 200_000.0, "Nm3/h"),
+                  total(H, 1_000.0)]
+        (v1,) = stage.feed(hourly, now_ms=H + HOUR)
+        store.commit([], now_ms=H + HOUR, per_message=100, derived=[*hourly, v1])
+        # a technician corrects the reading at minute 7 from 10 to 70 %vol (a mis-scaled value, say):
+        # the hour's mean becomes (59 x 10 + 70) / 60 = 660 / 60 = 11 %vol
+        corr = Derived("corrections", "CEMS-01", "co2", H + 7 * 60_000, {
+            "type": "correction", "instrument": "CEMS-01", "point": "co2", "ts": H + 7 * 60_000, "value": 70.0,
+            "reason": "mis-scaled", "author": "tech-7", "received": H + 2 * HOUR, "supersedes_reading_id": 8})
+        hours = corrected_hours([corr], cfg.instruments, store, stage.watch)
+        (hour,) = hours
+        assert hour.body["mean"] == pytest.approx(11.0)
+        (v2,) = stage.feed(hours, now_ms=H + 2 * HOUR)
+        cems = v2.body["methods"]["cems"]
+        assert v2.body["version"] == 2
+        assert v2.body["supersedes"] == v1.body["record_id"]
+        assert cems["inputs"][0]["basis"] == "corrected_mean"
+        assert cems["inputs"][0]["record"]["corrections"][0]["author"] == "tech-7"
+        # CO2: 11 % x 200 000 Nm3/h x 1.963463 / 100 = 43 196.19 kg (was 39 269.26 at 10 %)
+        assert cems["co2_kg"] == pytest.approx(43_196.19, abs=0.01)
+        store.commit([], now_ms=H + 2 * HOUR, per_message=100, derived=[corr, v2])
+        # after a restart the stage is rebuilt with the correction: the same inputs give no new version
+        again = restore_carbon(cfg.derived, store, H + 2 * HOUR, cfg.instruments)
+        assert again.feed([total(H, 1_000.0)], now_ms=H + 2 * HOUR) == []
+    finally:
+        store.close()
