@@ -9,6 +9,7 @@ is created and migrated by the command. See gateway/central/ and docs/architectu
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name:
         opts.name = args.name
     stop = threading.Event()
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack on stderr (a hang)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:

@@ -27,8 +27,10 @@ class MosquittoNotFound(RuntimeError):
 
 class PrivateBroker:
     def __init__(self, *, port: int | None = None, users: dict[str, str] | None = None,
-                 persistence_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None) -> None:
-        """`tls`: (CA certificate, server certificate, server key) PEM files: the listener speaks TLS only."""
+                 persistence_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None,
+                 acl_file: Path | None = None) -> None:
+        """`tls`: (CA certificate, server certificate, server key) PEM files: the listener speaks TLS only.
+        `acl_file`: a Mosquitto ACL file (with `users`: e.g. config/mosquitto/acl)."""
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
         if binary is None:
@@ -38,6 +40,7 @@ class PrivateBroker:
         self.users = users
         self.persistence_dir = persistence_dir
         self.tls = tls
+        self.acl_file = acl_file
         self._tmp = tempfile.TemporaryDirectory(prefix="carbon-broker-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +73,8 @@ class PrivateBroker:
             for user, pw in self.users.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, pw], check=True, capture_output=True)
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
+            if self.acl_file is not None:
+                lines.append(f"acl_file {self.acl_file}")
         else:
             lines.append("allow_anonymous true")
         conf = tmp / "mosquitto.conf"
