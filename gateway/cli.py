@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, cli_config, cli_consume, cli_status
+from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_status
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_config.add_parser(sub)  # issue 11: config history
     cli_status.add_parser(sub)  # issue 11: status
     cli_consume.add_parser(sub)  # issue 12: reference consumer -> PostgreSQL
+    cli_explain_tree.add_parser(sub)  # issue 13: a carbon record's derivation down to raw readings
     return parser
 
 
@@ -192,6 +193,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_status.run(args)
     if args.command == "consume":
         return cli_consume.run(args)
+    if args.command == "explain":
+        return cli_explain_tree.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 

@@ -191,3 +191,38 @@ async def test_hourly_co2_by_both_methods_follows_substitution(
         v.validate(body)
     assert seqs_without_holes(dedup_by_seq(recorder.by_topic_suffix("/carbon")), "boiler1")
     assert "Traceback" not in log.read_text()
+
+    # `carbon-gateway explain` gives each record's derivation down to the raw readings, from the store.
+    def explain(record_id: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "gateway", "explain", record_id, "--store",
+                              str(tmp_path / "gw.db"), "--format", "json"], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    final = finals[-1]
+    tree = explain(final["record_id"])
+    assert (tree["record_id"], tree["version"], tree["supersedes"]) == (final["record_id"], final["version"],
+                                                                          final["supersedes"])
+    cems_t = next(m for m in tree["methods"] if m["method"] == "cems")
+    for inp in cems_t["inputs"]:
+        assert inp["from"]["kind"] == "substitute"
+        assert inp["from"]["record_id"] in published_subs
+        assert inp["from"]["citation"]  # the clause the substitute cites
+        assert inp["raw_readings"]["count"] >= 1  # the CEMS was down: its readings of that hour are bad
+        assert inp["raw_readings"]["quality"].get("bad", 0) >= 1
+    fuel_t = next(m for m in tree["methods"] if m["method"] == "fuel")
+    assert {c["name"] for c in fuel_t["constants"]} == {"ncv_gas", "cc_gas", "of_gas"}
+    (gas_t,) = fuel_t["inputs"]
+    assert gas_t["from"]["kind"] == "aggregate"
+    assert gas_t["from"]["consumption"] == pytest.approx(gas_t["value"])
+    assert gas_t["raw_readings"]["count"] > 0
+    assert set(gas_t["raw_readings"]["calibration"]) <= {"valid", "due_soon", "expired", "unknown"}
+    good = explain(measured[0]["record_id"])
+    co2_t = next(i for m in good["methods"] if m["method"] == "cems" for i in m["inputs"] if i["name"] == "co2")
+    assert co2_t["from"]["valid"] is True
+    raw = co2_t["raw_readings"]
+    assert raw["quality"]["good"] >= co2_t["from"]["valid_count"]  # the aggregate's valid readings, counted again
+    assert raw["min"] <= co2_t["value"] <= raw["max"]
+    text = subprocess.run([sys.executable, "-m", "gateway", "explain", measured[0]["record_id"], "--store",
+                           str(tmp_path / "gw.db")], capture_output=True, text=True, check=True).stdout
+    assert "formula co2_mass_rate(co2, q)" in text
+    assert "raw readings:" in text
