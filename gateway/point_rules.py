@@ -112,7 +112,14 @@ def compile_point_rules(kind: Kind, p: PointBase, unit: str, measuring_range: Ra
     if p.totalizer:
         # Readings further apart than 1.5 cadences bound a gap; across it the counter difference recovers
         # the consumption exactly.
-        totalizer = TotalizerConfig(max_interval_ms=cadence_ms * 3 // 2, rollover_at=p.rollover_at)
+        # The meter's maximum flow bounds the consumption of an interval, so the number of wraps across a long
+        # gap; when several fit, the increment is substituted in the point's direction (issue 10 item 2).
+        max_flow = p.max_flow_per_h
+        if max_flow is None and measuring_range is not None and measuring_range.unit == f"{unit}/h":
+            max_flow = measuring_range.max
+        totalizer = TotalizerConfig(max_interval_ms=cadence_ms * 3 // 2, rollover_at=p.rollover_at,
+                                    max_flow_per_h=max_flow if max_flow is not None and max_flow > 0 else None,
+                                    direction=p.direction or "high")
     if errors:
         return None, errors
     if p.gap_after_s is not None and p.gap_after_s * 1000 < cadence_ms:

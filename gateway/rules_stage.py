@@ -574,6 +574,8 @@ class RulesStage:
                 "complete": p.complete, "recovered": p.recovered, "boundary_interpolated": p.boundary_interpolated,
                 "rollovers": p.rollovers, "resets": p.resets, "readings": p.readings,
                 "valid": p.complete and not p.resets}
+        if p.substituted or p.note:  # issue 10 item 2: ambiguous wraps, substituted conservatively, and why
+            body.update(substituted=p.substituted, note=p.note)
         return Derived("aggregates", st.instrument.id, st.spec.name, p.start_ms, body)
 
     # -- substitution -----------------------------------------------------------------------------

@@ -75,6 +75,9 @@ class PointBase(Strict):
     direction: Literal["high", "low"] | None = None
     missing_data: MissingData | None = None  # one substitution method and its parameters (docs/rules.md §1.2)
     rollover_at: float | None = Field(default=None, gt=0)  # totalizers: the value the counter wraps at
+    # Issue 10 item 2: totalizers, the meter's maximum flow in counter units per hour (its measuring range);
+    # bounds the wraps across a gap. Default: the measuring range's max when its unit is "<unit>/h".
+    max_flow_per_h: float | None = Field(default=None, gt=0)
     simulate: dict[str, object] | None = None
     # Derived points (docs/derived.md): computed by the gateway from other points, never read from the device.
     formula: str | None = Field(default=None, min_length=1, max_length=2000)

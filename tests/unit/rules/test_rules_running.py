@@ -104,10 +104,14 @@ def counters(draw: st.DrawFn) -> list[Reading]:
 
 @settings(max_examples=300, deadline=None)
 @given(counters(), st.sampled_from([None, 1000.0]), st.sampled_from([None, 100.0]),
-       st.sampled_from([H, 15 * MIN]), st.integers(0, 60))
+       st.sampled_from([H, 15 * MIN]), st.integers(0, 60), st.sampled_from([None, 60.0, 900.0]),
+       st.sampled_from(["high", "low"]))
 def test_running_total_equals_the_list_based_totalizer(readings: list[Reading], rollover: float | None,
-                                                       max_inc: float | None, period_ms: int, cut: int) -> None:
-    config = TotalizerConfig(max_interval_ms=90_000, rollover_at=rollover, max_increment=max_inc)
+                                                       max_inc: float | None, period_ms: int, cut: int,
+                                                       max_flow: float | None, direction: str) -> None:
+    """Also with a maximum flow bounding the wraps (issue 10 item 2): substituted increments settle alike."""
+    config = TotalizerConfig(max_interval_ms=90_000, rollover_at=rollover, max_increment=max_inc,
+                             max_flow_per_h=max_flow, direction=direction)
     expected = _reference_totals(readings, config, period_ms)
     total = RunningTotal(period_ms)
     got: list[TotalizerPeriod] = []
