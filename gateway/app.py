@@ -94,7 +94,6 @@ class Gateway:
         self._held: list[Reading] = []  # taken from the queue, not yet committed (kept across writer restarts)
         self.derived = DerivedStage(self.config.derived)
         self.carbon = CarbonStage(self.config.derived)
-        self._committed = 0  # readings taken from the queue and committed (a reload waits for its mark)
 
     async def run(self, *, duration_s: float | None = None) -> None:
         cfg = self.config
@@ -263,15 +262,16 @@ class Gateway:
         # Clock steps and overload changes while the rules stage is being built are given to it afterwards.
         events_seen = len(self._events)
         overloaded = self.overload.active
+        built_from = self.config
         self.rules = rules = await self._rules(store)
         self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms(), self.config.instruments)
         rules.defer_closes = True  # made CLOSE_SLICE per commit by take_closes() below
-        reload.writer_ready(self)  # changes asked for by a reload meanwhile are in this rules stage
+        reload.writer_ready(self, built_from)  # reloads up to that configuration are in this rules stage
         cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
         while True:
-            if self.rules_changes and not self._held and self._committed >= self.rules_changes[0].after:
+            if self.rules_changes and not self._held and queue.total_out >= self.rules_changes[0].after:
                 # A reload: everything queued before it is committed, now the rules stage takes the new config.
                 await reload.run_rules_change(self.rules_changes.pop(0), rules, store, self.clock.wall_ms())
             if not self._held and len(queue) < WRITE_CHUNK:
@@ -307,7 +307,6 @@ class Gateway:
                                        rules_state=rules.checkpoint(cp_limit))
                 if created:
                     forwarder.notify()
-            self._committed += len(self._held)
             self._held = []
 
     def _check_clock(self) -> None:

@@ -19,7 +19,10 @@ class ReadingQueue:
         self._not_full.set()
         self._not_empty = asyncio.Event()
         self.blocked_puts = 0  # how often a producer had to wait: published on the status topic
-        self.total_in = 0  # readings ever queued: a reload waits until the writer has committed this many
+        # Readings ever queued and ever taken: a reload waits until the writer has taken (and committed) every
+        # reading queued before it (gateway/reload.py).
+        self.total_in = 0
+        self.total_out = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -50,6 +53,7 @@ class ReadingQueue:
 
     def take(self, limit: int) -> list[Reading]:
         out, self._items = self._items[:limit], self._items[limit:]
+        self.total_out += len(out)
         if not self._items:
             self._not_empty.clear()
         if len(self._items) < self.max_readings:

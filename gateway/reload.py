@@ -109,8 +109,8 @@ def plan(old: Mapping[str, Any], new: Mapping[str, Any], kind_of: Callable[[str]
 
 @dataclass
 class RulesChange:
-    """A change of the rules stage, applied by the store writer between two commits, once it has committed
-    every reading queued before `after` (ReadingQueue.total_in when the change was asked for)."""
+    """A change of the rules stage, applied by the store writer between two commits, once it has taken and
+    committed every reading queued before the change (`after`: ReadingQueue.total_in when it was asked for)."""
 
     after: int
     config: Config
@@ -157,12 +157,17 @@ async def apply_rules_change(change: RulesChange, rules: RulesStage, store: Stor
     store.config_version = change.config.version
 
 
-def writer_ready(gw: Gateway) -> None:
-    """A (re)started writer built its rules stage from the configuration now running: pending changes are in it."""
-    for change in gw.rules_changes:
+def writer_ready(gw: Gateway, built_from: Config) -> None:
+    """A (re)started writer built its rules stage from `built_from`: the pending changes up to that configuration
+    are in it (done); later ones (a reload while it was being built) are still to be applied to it."""
+    configs = [c.config for c in gw.rules_changes]
+    if not any(c is built_from for c in configs):
+        return
+    n = next(i for i, c in enumerate(configs) if c is built_from) + 1
+    for change in gw.rules_changes[:n]:
         if not change.done.done():
             change.done.set_result(None)
-    gw.rules_changes.clear()
+    del gw.rules_changes[:n]
 
 
 # -- the reload itself --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tests.helpers import Recorder, dedup_by_seq, seqs_without_holes, three_mete
 from tests.system.conftest import (
     assert_delivered_equals_committed,
     assert_integrity_ok,
+    assert_status_schema,
     start_gateway,
     stop_gateway,
     wait_until,
@@ -139,6 +140,9 @@ async def test_sighup_rejects_a_broken_configuration_and_applies_a_good_one(
     assert rows[1]["changes"]["added"] == ["PM-02"]
     assert rows[2]["changes"]["removed"] == ["FT-01"]
     assert "Traceback" not in gateway_log.read_text()
+    for body in recorder.by_topic_suffix("/status"):
+        if "reload" in body:
+            assert_status_schema(body)  # the `reload` field is part of the published contract
 
 
 def _without_ft01(text: str) -> str:

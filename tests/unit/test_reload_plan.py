@@ -102,3 +102,20 @@ def test_the_rules_stage_keeps_unchanged_points_drops_removed_and_adopts_new(tmp
     rules.adopt(other, {("FT-01", "volume_flow")})
     assert [k for k in rules.points() if k[0] == "FT-01"] == [("FT-01", "volume_flow")]
     assert cems.id in {k[0] for k in rules.points()}
+
+
+async def test_a_restarted_writer_takes_the_changes_up_to_the_configuration_it_was_built_from() -> None:
+    from types import SimpleNamespace
+
+    from gateway.reload import RulesChange, writer_ready
+
+    a, b, c = object(), object(), object()
+    changes = [RulesChange(0, a, (), (), ()), RulesChange(5, b, (), (), ()), RulesChange(9, c, (), (), ())]  # type: ignore[arg-type]
+    gw = SimpleNamespace(rules_changes=list(changes))
+    writer_ready(gw, object())  # built from a configuration older than every pending change: all still to do
+    assert gw.rules_changes == changes
+    writer_ready(gw, b)  # built from b: the changes to a and b are in it, the change to c is still to apply
+    assert gw.rules_changes == changes[2:]
+    assert changes[0].done.done()
+    assert changes[1].done.done()
+    assert not changes[2].done.done()
