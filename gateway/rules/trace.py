@@ -183,6 +183,14 @@ class SubstituteRecord:
     def alarm(self) -> bool:
         return bool(self.detail.alarms)
 
+    @property
+    def routine(self) -> str:
+        return self.detail.routine
+
+    @property
+    def method_code(self) -> str:
+        return self.detail.method_code
+
     def to_json(self) -> dict[str, Any]:
         return {
             "record_id": self.record_id, "instrument": self.instrument, "point": self.point, "hour": self.hour,
