@@ -205,15 +205,14 @@ class Forwarder:
         """New messages were committed."""
         self._wake.set()
 
-    def reconfigured(self, config_version: str, meta: dict[str, dict[str, Any]]) -> None:
-        """A reload applied a new configuration: its version from now on, the retained `meta` of the added
-        and changed instruments (`meta`) and a status message at once (when connected; else at connect)."""
+    def reconfigured(self, config_version: str) -> None:
+        """A reload applied a new configuration: its version from now on, and a new birth at once when online
+        (status, then the retained `meta` of every configured instrument; Sparkplug: NBIRTH and the DBIRTHs
+        with the new configuration), else at the next connect."""
         self._config_version = config_version
-        ctx = getattr(self.encoder, "ctx", None)
-        if ctx is not None:
-            self.encoder.ctx = replace(ctx, config_version=config_version)  # type: ignore[attr-defined]
+        _set_config_version(self.encoder, config_version)
         if self.stats.connected and not self._closing and self._state == "online":
-            for pub in self.encoder.birth(self._status_body(), meta):
+            for pub in self.encoder.birth(self._status_body(), self._meta()):
                 self._send(pub)
 
     # -- publishing ---------------------------------------------------------------------------------
@@ -321,3 +320,12 @@ class Forwarder:
         self.transport.stop(self.encoder.death() if self.stats.connected else None, timeout_s=timeout_s)
         self.stats.connected = False
         self._state = "offline"
+
+
+def _set_config_version(encoder: Any, config_version: str) -> None:
+    """The encoder's context (and that of the encoders it wraps, e.g. Sparkplug's JSON topics) gets the new
+    configuration version: meta and births carry it."""
+    for enc in (encoder, *vars(encoder).values()) if hasattr(encoder, "__dict__") else (encoder,):
+        ctx = getattr(enc, "ctx", None)
+        if isinstance(ctx, EncoderContext):
+            enc.ctx = replace(ctx, config_version=config_version)

@@ -10,8 +10,9 @@ manifests of gateway/config_history.py) and applied:
 2. the store writer commits every reading queued until then under the old rules, then the rules stage drops
    the removed instruments, keeps the running state of unchanged points of changed instruments, and resumes
    new or re-ruled points from the store as at a start (checkpoint plus the readings after it);
-3. the new and changed groups start polling at once; the retained `meta` of added and changed instruments is
-   published, and the configuration is recorded in `config_history` (cause `reload`).
+3. the new and changed groups start polling at once; a new birth is published (status and the retained `meta`
+   of every instrument, with the new configuration version), and the configuration is recorded in
+   `config_history` (cause `reload`).
 
 Each stream's `seq` continues (it is the store's). Settings of gateway.yaml (broker, store, limits ...) are
 not applied live: a changed section is refused with one line saying that it needs a restart.
@@ -303,8 +304,7 @@ class Reloader:
                         poller.health[iid], poller.late_polls[iid] = carry[iid]
             else:
                 gw.start_subscriber(specs[ids[0]], self.queue)
-        meta = {iid: specs[iid].metadata() for iid in (*p.added, *p.changed)}
-        self.forwarder.reconfigured(new.version, meta)
+        self.forwarder.reconfigured(new.version)
 
     async def _stop_group(self, key: str) -> None:
         gw = self.gw

@@ -103,9 +103,9 @@ async def test_sighup_rejects_a_broken_configuration_and_applies_a_good_one(
         assert "+PM-02" in done
         assert "pollers: 1 started, 0 restarted, 0 stopped, 3 kept" in done
         assert not [ln for ln in lines if " ERROR " in ln]
-        meta = [b for b in recorder.by_topic_suffix("PM-02/meta")]
-        assert meta
-        assert meta[-1]["config_version"] == new_version
+        for inst in ("PM-02", "PM-01"):  # a new birth: every instrument's retained meta has the new version
+            assert await wait_until(lambda i=inst: any(b["config_version"] == new_version
+                                                       for b in recorder.by_topic_suffix(f"{i}/meta")), 10)
 
         # 3. FT-01 removed, CEMS-01 changed (its poll interval): FT-01 stops, CEMS-01's poller restarts.
         plant.write_text(_without_ft01(good).replace("poll_interval_s: 0.5\n", "poll_interval_s: 0.7\n"))
