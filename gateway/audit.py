@@ -34,7 +34,8 @@ POLICIES = (*SELECTORS, HOUR_VALIDITY, TIER_SELECT)
 
 # Scenario params that describe the run, not the policy (they are traced, not hashed).
 _INPUT_KEYS = frozenset({"gap_open", "load_bin_by_hour", "qa_hours_since_certification",
-                         "clock_hours_since_certification", "window_end_hour", "reference_period_closed"})
+                         "clock_hours_since_certification", "window_end_hour", "reference_period_closed",
+                         "as_of_hour"})
 
 
 class ScenarioError(ValueError):
@@ -266,6 +267,7 @@ def _substitution(name: str, policy: str, params: Mapping[str, Any], scenario: M
         window_end_hour=_opt_int(params, "window_end_hour", minimum=None),
         reference_period_closed=_bool(params.get("reference_period_closed", True),
                                       "params.reference_period_closed"),
+        as_of_hour=_opt_int(params, "as_of_hour", minimum=None),
     )
     point = params.get("parameter", name)
     point = point if isinstance(point, str) else name
@@ -313,10 +315,14 @@ def _uniform(items: Sequence[str]) -> str | list[str]:
 def _trace_json(run: GapSubstitution) -> dict[str, Any]:
     gap = run.records[0].gap.to_json()
     hours = []
+    first = run.records[0].gap
     for record in run.records:
         detail = record.detail.to_json()
-        hours.append({"record_id": record.record_id, "status": record.status, "version": record.version,
-                      "supersedes": record.supersedes, "value": record.value, **detail})
+        entry = {"record_id": record.record_id, "status": record.status, "version": record.version,
+                 "supersedes": record.supersedes, "value": record.value, **detail}
+        if record.gap.alpha is not None and record.gap.alpha != first.alpha:
+            entry["alpha"] = record.gap.alpha.to_json()  # HJ 75: a later quarter's part of the gap
+        hours.append(entry)
     return {**gap, "hours": hours}
 
 

@@ -162,7 +162,7 @@ def substitute_history(history: Sequence[HourValue], policy: SubstitutionPolicy,
     for gap in find_gaps(hist):
         is_open = gap.end == hist[-1].hour
         run_inputs = GapInputs(is_open, base.qa_hours_since_certification, base.clock_hours_since_certification,
-                               base.window_end_hour, base.reference_period_closed)
+                               base.window_end_hour, base.reference_period_closed, base.as_of_hour)
         out.append(substitute_gap(hist, gap.hours, policy, point=point, instrument=instrument, inputs=run_inputs,
                                   previous=prev))
     return tuple(out)
@@ -183,7 +183,7 @@ def provisional_then_final(history: Sequence[HourValue], gap_hours: Sequence[int
     gap = resolve_gap(hist, tuple(gap_hours))
     cut = tuple(item for item in hist if item.hour <= gap.end)
     open_inputs = GapInputs(True, base.qa_hours_since_certification, base.clock_hours_since_certification,
-                            base.window_end_hour, base.reference_period_closed)
+                            base.window_end_hour, base.reference_period_closed, base.as_of_hour)
     first: GapSubstitution | None
     try:
         first = substitute_gap(cut, gap_hours, policy, point=point, instrument=instrument, inputs=open_inputs)

@@ -210,3 +210,32 @@ def test_quarter_of_starts_on_the_first_of_jan_apr_jul_oct_local(hour: int, offs
     local = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=start + offset)
     assert (local.month, local.day, local.hour) in {(1, 1, 0), (4, 1, 0), (7, 1, 0), (10, 1, 0)}
     assert days_from_civil(local.year, local.month, local.day) * 24 - offset == start
+
+
+def test_the_auditor_tool_answers_per_quarter_and_takes_as_of_hour(tmp_path: Any) -> None:
+    """`carbon-gateway rules evaluate` gives the same per-quarter answer as the engine (42.0 x 4, 120.0 x 4), the
+    alpha of the first part with its quarter, and with as_of_hour after Q3's end, Q3 counted as closed."""
+    import io
+    import json
+
+    from gateway import audit
+
+    history, gap = spanning_history()
+    scenario = {"name": "span", "policy": "hj75_tiered",
+                "params": {"direction": "high", "default_value": 120.0, "window_short": 3, "window_long": 5,
+                           "window_low_alpha": 7, "as_of_hour": quarter_of(Q3, CST)[1]},
+                "history": [[h.hour, h.value] for h in history], "gap": gap}
+    path = tmp_path / "span.json"
+    path.write_text(json.dumps(scenario), encoding="utf-8")
+    out = io.StringIO()
+    assert audit.main(str(path), out, io.StringIO()) == 0
+    answer = json.loads(out.getvalue())
+    assert answer["values"] == [42.0] * 4 + [120.0] * 4
+    assert answer["alarm"] is True
+    assert answer["trace"]["alpha"]["quarter_start"] == Q2
+    last = answer["trace"]["hours"][-1]
+    assert last["alarms"]
+    # The Q3 part's hours carry their own quarter's alpha: 6 valid of 10 operating hours, closed as of Q3's end.
+    assert (last["alpha"]["exact"], last["alpha"]["quarter_start"], last["alpha"]["quarter_closed"]) == (
+        "60/1", Q3, True)
+    assert "alpha" not in answer["trace"]["hours"][0]
