@@ -123,9 +123,30 @@ async def test_loop_lag_sees_a_stall_of_the_loop() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     first = probe.status()
-    assert set(first) == {"max_ms", "max_ms_total", "probe_ms"}
+    assert set(first) == {"max_ms", "max_ms_total", "probe_ms", "cpu_ms", "cpu_ms_total"}
     assert first["max_ms"] >= 300 - 20 - 1
     assert first["probe_ms"] == 20
     second = probe.status()  # the per-status maximum starts again; the total keeps the stall
     assert second["max_ms"] == 0
     assert second["max_ms_total"] == first["max_ms_total"] >= first["max_ms"]
+
+
+async def test_loop_lag_measures_a_busy_stretch_in_cpu_time() -> None:
+    """A stretch that burns 0.15 s of the loop thread's CPU shows as cpu_ms >= 150 however busy the machine
+    is (the wall lag would also count the waits for a core)."""
+    probe = LoopLag(interval_s=0.02)
+    task = asyncio.create_task(probe.run())
+    try:
+        await asyncio.sleep(0.05)
+        start = time.thread_time()
+        while time.thread_time() - start < 0.15:
+            pass
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    body = probe.status()
+    assert body["cpu_ms"] >= 150
+    assert body["cpu_ms_total"] >= 150
+    assert probe.status()["cpu_ms"] < body["cpu_ms"]
