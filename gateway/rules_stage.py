@@ -132,6 +132,7 @@ class RulesStage:
 
     def drop_instrument(self, instrument: str) -> None:
         """Stop watching an instrument removed from the configuration (its stored records stay as they are)."""
+        self._finish_dropped([st for k, st in self._points.items() if k[0] == instrument])
         self._points = {k: v for k, v in self._points.items() if k[0] != instrument}
         self._cycle = [k for k in self._cycle if k[0] != instrument]
         self._cursor = self._cursor % len(self._cycle) if self._cycle else 0
@@ -144,19 +145,28 @@ class RulesStage:
         the names of the points that still need a state (new, or rules changed): see ``adopt``."""
         wanted = {p.name: p for p in inst.points if p.rules is not None} if inst.polled else {}
         for key in [k for k in self._points if k[0] == inst.id and k[1] not in wanted]:
-            del self._points[key]
+            self._finish_dropped([self._points.pop(key)])
         missing: set[str] = set()
         for name, p in wanted.items():
             st = self._points.get((inst.id, name))
             if st is not None and st.rules == p.rules:
                 st.instrument, st.spec = inst, p
             else:
-                self._points.pop((inst.id, name), None)
+                dropped = self._points.pop((inst.id, name), None)
+                if dropped is not None:
+                    self._finish_dropped([dropped])
                 missing.add(name)
         self._cycle = [k for k in self._cycle if k in self._points]
         self._cursor = self._cursor % len(self._cycle) if self._cycle else 0
         self._tick_due = _FORCE
         return missing
+
+    def _finish_dropped(self, points: Iterable[_Point]) -> None:
+        """A point no longer watched: a deferred close of its (under its old rules) is made now, with the next
+        commit's records, not lost."""
+        for st in points:
+            if st.closing is not None:
+                self._startup.extend(self._finish_close(st))
 
     def adopt(self, other: RulesStage, keys: set[tuple[str, str]] | None = None) -> None:
         """Take over points built by another stage (``load_rules`` of the added or changed instruments, so
