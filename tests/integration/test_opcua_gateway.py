@@ -112,3 +112,48 @@ def test_unknown_knob_for_opcua_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigErrors, match="expected ID=KNOB"):
         parse_faults(["CEMS-UA=explode"])
+
+
+async def test_a_reload_restarts_a_changed_opcua_subscriber_and_stops_a_retired_one(
+        tmp_path: Path, broker: PrivateBroker, recorder: Recorder) -> None:
+    """Issue 11 item 3 for subscribing drivers (one per instrument): SIGHUP to this process, in-process gateway."""
+    import os
+    import signal
+
+    port = free_port()
+    cfg_dir = write_config(tmp_path, opcua_instrument(port), url=broker.url, store=tmp_path / "gw.db")
+    plant = cfg_dir / "instruments" / "plant.yaml"
+    gw = Gateway(load_config(cfg_dir), loader=lambda: load_config(cfg_dir))
+
+    async def until(predicate, timeout_s: float = 10.0) -> bool:
+        for _ in range(int(timeout_s / 0.05)):
+            if predicate():
+                return True
+            await asyncio.sleep(0.05)
+        return predicate()
+
+    def count() -> int:
+        return sum(1 for b in recorder.readings() if b["instrument"] == "CEMS-UA")
+
+    async with CemsOpcUaSimulator("127.0.0.1", port, update_interval_s=0.05, seed=3) as sim:
+        del sim
+        run = asyncio.create_task(gw.run())
+        try:
+            assert await until(lambda: count() > 3)
+            plant.write_text(plant.read_text().replace("publishing_interval_ms: 100", "publishing_interval_ms: 150"))
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert await until(lambda: (gw.reload_status or {}).get("result") == "applied")
+            n = count()
+            assert await until(lambda: count() > n + 3)  # the restarted subscriber delivers
+            assert gw.supervisor.snapshot()["subscribe CEMS-UA"]["restarts"] == 0
+            text = plant.read_text().replace("    kind: gas_analyzer\n",
+                                             "    kind: gas_analyzer\n    status: retired\n")
+            plant.write_text(text.replace("      poll_interval_s: 0.2\n", ""))
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert await until(lambda: "status in_service->retired" in (gw.reload_status or {}).get("changes", ""))
+            assert "subscribe CEMS-UA" not in gw.supervisor.snapshot()
+            assert gw.subscribers == []
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert seqs_without_holes(dedup_by_seq(recorder.readings()), "CEMS-UA")
