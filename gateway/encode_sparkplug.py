@@ -41,7 +41,9 @@ from gateway.sparkplug.payload import (
     device_topic,
     encode,
     node_topic,
+    property_set,
 )
+from gateway.sparkplug.sparkplug_b_pb2 import Payload
 from gateway.store import KIND_READINGS, Outgoing
 
 if TYPE_CHECKING:
@@ -101,7 +103,7 @@ class _Def:
     unit: str | None = None
     value: Any = None  # the value at birth: static metrics, or the last live value
     timestamp: int | None = None
-    properties: Mapping[str, tuple[int, Any]] | None = None
+    state: tuple[str, str, str] | None = None  # (quality, reason, calibration) of the last live value
 
 
 class SparkplugEncoder:
@@ -126,6 +128,7 @@ class SparkplugEncoder:
         self._meta: dict[str, Mapping[str, Any]] = {}
         self._status: Mapping[str, Any] = {}
         self._state = "online"
+        self._prop_sets: dict[tuple[str, str, str], Any] = {}
 
     # -- topics and session numbers -------------------------------------------------------------
 
@@ -240,8 +243,8 @@ class SparkplugEncoder:
             props: dict[str, tuple[int, Any]] = {}
             if d.unit is not None:
                 props[P_UNIT] = (STRING, d.unit)
-            if d.properties:
-                props.update(d.properties)
+            if d.state is not None:
+                props.update(reading_properties(*d.state))
             metrics.append(Metric(name, self.alias(device, name), d.datatype, d.value, timestamp=d.timestamp,
                                   properties=props))
         self._born.add(device)
@@ -257,24 +260,36 @@ class SparkplugEncoder:
         if defs is None:  # an instrument the last birth did not name: defined from its data
             self._static_metrics(device, None)
             defs = self._defs[device]
-        metrics: list[Metric] = []
         grown = False
+        payload = Payload()
         if out.kind == KIND_READINGS:
+            # The hot path (every reading): protobuf objects filled directly, one cached PropertySet per
+            # (quality, reason, calibration); 13 -> ~4 us CPU a reading against the generic encode().
+            add, alias, props_of = payload.metrics.add, self.alias, self._props
             last_ts = 0
             for r in out.rows:
                 d = defs.get(r.point)
                 if d is None:
                     d = defs[r.point] = _Def(DOUBLE, unit=r.unit)
                     grown = True
-                props = {P_QUALITY: (INT32, QUALITY_CODES.get(r.quality, 0)), P_REASON: (STRING, r.reason),
-                         P_CALIBRATION: (STRING, str(r.calibration))}
-                metrics.append(Metric(None, self.alias(device, r.point), DOUBLE, r.value, timestamp=r.ts_ms,
-                                      historical=historical, properties=props))
+                pm = add()
+                pm.alias = alias(device, r.point)
+                pm.timestamp = r.ts_ms
+                if r.value is None:
+                    pm.is_null = True
+                else:
+                    pm.double_value = r.value
+                if historical:
+                    pm.is_historical = True
+                pm.properties.CopyFrom(props_of(r.quality, r.reason, r.calibration))
                 if not historical and r.ts_ms >= (d.timestamp or 0):
-                    d.value, d.timestamp, d.properties = r.value, r.ts_ms, props
+                    d.value, d.timestamp, d.state = r.value, r.ts_ms, (r.quality, r.reason, r.calibration)
                 last_ts = max(last_ts, r.ts_ms)
-            metrics.append(Metric(None, self.alias(device, D_SEQ), UINT64, out.seq, timestamp=last_ts or None,
-                                  historical=historical))
+            pm = add(alias=alias(device, D_SEQ), long_value=out.seq)
+            if last_ts:
+                pm.timestamp = last_ts
+            if historical:
+                pm.is_historical = True
             if not historical:
                 defs[D_SEQ].value, defs[D_SEQ].timestamp = out.seq, last_ts or None
         else:
@@ -283,16 +298,27 @@ class SparkplugEncoder:
                 defs[name] = _Def(STRING)
                 grown = True
             body = self._records.message(out).payload.decode()
-            metrics.append(Metric(None, self.alias(device, name), STRING, body, timestamp=out.created_ms,
-                                  historical=historical))
+            payload.ParseFromString(encode([Metric(None, self.alias(device, name), STRING, body,
+                                                   timestamp=out.created_ms, historical=historical)],
+                                           timestamp=0, seq=None))
         items: list[Publish] = []
         if grown or device not in self._born:
             items.append(self._dbirth(device, self._now()))  # no DATA before its BIRTH, no unknown alias
-        items.append(Publish(self.device_topic("DDATA", device),
-                             encode(metrics, timestamp=self._now(), seq=self._next_seq()), qos=0))
+        payload.timestamp = self._now()
+        payload.seq = self._next_seq()  # after the DBIRTH's
+        items.append(Publish(self.device_topic("DDATA", device), payload.SerializeToString(), qos=0))
         if self.json is not None:
             items.append(self.json.message(out))
         return _bundle(items)
+
+    def _props(self, quality: str, reason: str, calibration: str) -> Any:
+        key = (quality, reason, calibration)
+        ps = self._prop_sets.get(key)
+        if ps is None:
+            if len(self._prop_sets) > 4096:  # free-text reasons (code:...) must not grow it without bound
+                self._prop_sets.clear()
+            ps = self._prop_sets[key] = property_set(reading_properties(quality, reason, calibration))
+        return ps
 
     def status(self, state: str, body: Mapping[str, Any]) -> Publish | Bundle:
         """The forwarder's periodic status: NDATA of Gateway/State and Gateway/Status."""
@@ -309,6 +335,12 @@ class SparkplugEncoder:
         from gateway.transport_sparkplug import SparkplugTransport
 
         return SparkplugTransport(settings, settings.client_id or f"carbon-gateway-{self.ctx.gateway}", self)
+
+
+def reading_properties(quality: str, reason: str, calibration: str) -> dict[str, tuple[int, Any]]:
+    """A reading's metric properties (docs/sparkplug.md): Quality as an OPC DA code, the gateway's words."""
+    return {P_QUALITY: (INT32, QUALITY_CODES.get(quality, 0)), P_REASON: (STRING, reason),
+            P_CALIBRATION: (STRING, str(calibration))}
 
 
 def _json(body: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ deduplicate on (device, `Readings/Seq`) or (metric, timestamp).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ class SparkplugTransport(MqttTransport):
         self._fenced = 0  # highest fence acknowledged
         self._fence_due = False
         self.rebirths = 0  # NCMD rebirths served (status, tests)
+        self._relaunch: asyncio.TimerHandle | None = None  # a new connection after the primary host went offline
 
     # -- paho client ------------------------------------------------------------------------------
 
@@ -118,10 +120,37 @@ class SparkplugTransport(MqttTransport):
 
     def restart(self) -> None:
         self._mqtt_up = self._session = False
+        self._cancel_relaunch()
         self._clear()
         super().restart()
 
+    def alive(self) -> bool:
+        return self._relaunch is not None or super().alive()  # pausing between two connections is not death
+
+    def _cycle(self) -> None:
+        """Disconnect now and connect anew after `mqtt.reconnect_min_s` (at least 1 s): a CONNECT that reached
+        the broker before it had read our DISCONNECT would take the old session over, and the broker would
+        then publish its Will, a second NDEATH."""
+        old, self._client = self._client, None
+        if old is not None:
+            old.on_connect = old.on_connect_fail = old.on_disconnect = old.on_publish = None
+            old.on_thread_death = None
+            self._teardown(old)
+        assert self._loop is not None
+        self._relaunch = self._loop.call_later(max(1.0, self.settings.reconnect_min_s), self._relaunched)
+
+    def _relaunched(self) -> None:
+        self._relaunch = None
+        if self._client is None:
+            self._launch()
+
+    def _cancel_relaunch(self) -> None:
+        if self._relaunch is not None:
+            self._relaunch.cancel()
+            self._relaunch = None
+
     def stop(self, last: Publish | Bundle | None, *, timeout_s: float) -> None:
+        self._cancel_relaunch()
         client = self._client
         if client is None:
             return
@@ -321,7 +350,7 @@ class SparkplugTransport(MqttTransport):
             if client is not None:  # a clean DISCONNECT discards the Will: say NDEATH ourselves
                 death = self.encoder.will()
                 client.publish(death.topic, death.payload, qos=death.qos, retain=death.retain)
-            self.restart()  # 3.0: disconnect and connect anew (new bdSeq), then wait for online
+            self._cycle()  # 3.0: disconnect and connect anew (new bdSeq), then wait for online
         if was or self._outer is not None:
             assert self._outer is not None
             self._outer.transport_failed(line, fatal=False)

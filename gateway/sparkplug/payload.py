@@ -95,15 +95,22 @@ def encode(metrics: Iterable[Metric], *, timestamp: int, seq: int | None, types:
         else:
             _set_value(pm, m.datatype if m.datatype is not None else _infer(m.value), m.value)
         if m.properties:
-            for key, (ptype, pval) in m.properties.items():
-                pm.properties.keys.append(key)
-                pv = pm.properties.values.add()
-                pv.type = ptype
-                if pval is None:
-                    pv.is_null = True
-                else:
-                    _set_value(pv, ptype, pval)
+            pm.properties.CopyFrom(property_set(m.properties))
     return p.SerializeToString()
+
+
+def property_set(props: Mapping[str, tuple[int, Any]]) -> Any:
+    """A PropertySet message (key -> (datatype, value)): built once, copied into many metrics."""
+    ps = Payload.PropertySet()
+    for key, (ptype, pval) in props.items():
+        ps.keys.append(key)
+        pv = ps.values.add()
+        pv.type = ptype
+        if pval is None:
+            pv.is_null = True
+        else:
+            _set_value(pv, ptype, pval)
+    return ps
 
 
 def _infer(value: Any) -> int:
