@@ -60,6 +60,7 @@ N_STATE, N_STATUS, N_EPOCH, N_CONFIG = "Gateway/State", "Gateway/Status", "Gatew
 # Device metrics besides one Double per point.
 D_SEQ = "Readings/Seq"  # the store's seq of the readings message: deduplicate resends on (device, epoch, seq)
 D_META = "Meta"  # the carbon-gateway/meta/1 document, JSON
+D_REPLAY = "Replay"  # in a DDATA sent again on a replay request (issue 12.2): the request's id
 RECORD_KINDS = ("events", "aggregates", "substitutes", "corrections")  # "Records/<kind>": the JSON body
 STATIC_META = ("name", "kind", "manufacturer", "model", "serial_number", "location", "emission_source",
                "source_category", "boundary_level", "accuracy_class", "status", "profile")
@@ -223,6 +224,7 @@ class SparkplugEncoder:
     def _static_metrics(self, device: str, m: Mapping[str, Any] | None) -> None:
         defs = self._defs.setdefault(device, {})
         defs.setdefault(D_SEQ, _Def(UINT64))
+        defs.setdefault(D_REPLAY, _Def(STRING))
         for kind in RECORD_KINDS:
             defs.setdefault(f"Records/{kind}", _Def(STRING))
         if m is None:
@@ -254,8 +256,15 @@ class SparkplugEncoder:
     # -- data -------------------------------------------------------------------------------------
 
     def message(self, out: Outgoing) -> Publish | Bundle:
+        return self._data(out, out.created_ms < self.birth_ms, None)
+
+    def replay(self, out: Outgoing, request_id: str) -> Publish | Bundle:
+        """A message sent again on a replay request (issue 12.2, gateway/replay.py): every metric historical,
+        and the device metric `Replay` names the request (the JSON copy, if any, is marked as usual)."""
+        return self._data(out, True, request_id)
+
+    def _data(self, out: Outgoing, historical: bool, replay: str | None) -> Publish | Bundle:
         device = out.instrument
-        historical = out.created_ms < self.birth_ms
         defs = self._defs.get(device)
         if defs is None:  # an instrument the last birth did not name: defined from its data
             self._static_metrics(device, None)
@@ -301,6 +310,9 @@ class SparkplugEncoder:
             payload.ParseFromString(encode([Metric(None, self.alias(device, name), STRING, body,
                                                    timestamp=out.created_ms, historical=historical)],
                                            timestamp=0, seq=None))
+        if replay is not None:
+            pm = payload.metrics.add(alias=self.alias(device, D_REPLAY), string_value=replay, is_historical=True)
+            pm.timestamp = out.created_ms
         items: list[Publish] = []
         if grown or device not in self._born:
             items.append(self._dbirth(device, self._now()))  # no DATA before its BIRTH, no unknown alias
@@ -308,7 +320,12 @@ class SparkplugEncoder:
         payload.seq = self._next_seq()  # after the DBIRTH's
         items.append(Publish(self.device_topic("DDATA", device), payload.SerializeToString(), qos=0))
         if self.json is not None:
-            items.append(self.json.message(out))
+            if replay is None:
+                items.append(self.json.message(out))
+            else:
+                from gateway.replay import mark_replay
+
+                items.append(mark_replay(self.json.message(out), replay))
         return _bundle(items)
 
     def _props(self, quality: str, reason: str, calibration: str) -> Any:

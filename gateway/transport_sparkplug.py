@@ -134,7 +134,7 @@ class SparkplugTransport(MqttTransport):
         old, self._client = self._client, None
         if old is not None:
             old.on_connect = old.on_connect_fail = old.on_disconnect = old.on_publish = None
-            old.on_thread_death = None
+            old.on_thread_death = old.on_message = None
             self._teardown(old)
         assert self._loop is not None
         self._relaunch = self._loop.call_later(max(1.0, self.settings.reconnect_min_s), self._relaunched)
@@ -297,6 +297,10 @@ class SparkplugTransport(MqttTransport):
         if failure is not None:
             p.failure = p.failure or failure
         self._settle()
+
+    def transport_message(self, topic: str, payload: bytes) -> None:
+        assert self._outer is not None
+        self._outer.transport_message(topic, payload)  # the forwarder's command topics (replay requests)
 
     def transport_died(self, err: BaseException) -> None:
         self._mqtt_up = self._session = False

@@ -8,6 +8,7 @@ flagged historical. No wall-clock asserts: every wait is for a condition.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from simulators.broker import PrivateBroker
 from tests.helpers import three_meters, write_config
-from tests.sparkplug_host import SparkplugHost
+from tests.sparkplug_host import Msg, SparkplugHost
 
 INSTRUMENTS = {"PM-01", "FT-01", "CEMS-01"}
 GROUP, NODE = "plant", "gw-test"
@@ -276,3 +277,39 @@ def test_broker_restart_loses_nothing_and_the_backlog_comes_historical(
     second = host.of("NBIRTH")[1]
     assert any(all(x["is_historical"] for x in m.body["metrics"]) for m in host.of("DDATA")
                if m.index > second.index)
+
+
+def test_replay_request_comes_as_historical_ddata_naming_the_request(
+        tmp_path: Path, ports: tuple[int, int, int], broker: PrivateBroker, host: SparkplugHost,
+        simulators: None) -> None:
+    """Replay on request (issue 12.2) with the Sparkplug output: the request and its answers stay on the JSON
+    command topics; the messages come again as DDATA, every metric historical, `Replay` = the request id."""
+    cfg = sparkplug_config(tmp_path, ports, broker)
+    with (cfg / "gateway.yaml").open("a") as f:
+        f.write("commands: {subscribe: [replay]}\n")
+    gw = Gateway(cfg, tmp_path / "gw.log").start()
+    try:
+        first3 = {("CEMS-01", s) for s in (1, 2, 3)}
+        assert host.wait_for(lambda: set(received(host)) >= first3), gw.tail()
+        n = len(host.snapshot())
+        host.client.publish("carbon/gw-test/cmd/replay", json.dumps(
+            {"id": "r-1", "instrument": "CEMS-01", "kind": "readings", "from_seq": 1, "to_seq": 3}), qos=1)
+
+        def replayed() -> dict[int, Msg]:
+            out = {}
+            for m in host.of("DDATA", "CEMS-01"):
+                named = {x["name"]: x for x in m.body["metrics"]}
+                if m.index >= n and named.get("Replay", {}).get("value") == "r-1":
+                    out[named["Readings/Seq"]["value"]] = m
+            return out
+
+        assert host.wait_for(lambda: set(replayed()) == {1, 2, 3}), gw.tail()
+    finally:
+        assert gw.stop() == 0
+    assert host.violations == [], host.violations[:10]
+    store = committed(tmp_path / "gw.db")
+    for seq, m in replayed().items():
+        assert all(x["is_historical"] for x in m.body["metrics"])
+        rows = [(x["name"], x["timestamp"], x["value"]) for x in m.body["metrics"]
+                if x["name"] not in ("Readings/Seq", "Replay")]
+        assert rows == store[("CEMS-01", seq)]

@@ -216,3 +216,18 @@ def test_state_payloads() -> None:
 def test_defaults_without_output_settings() -> None:
     enc = SparkplugEncoder(EncoderContext("carbon", "gw-1", EPOCH))
     assert (enc.group, enc.node, enc.primary_host, enc.json) == ("carbon", "gw-1", None, None)
+
+
+def test_a_replay_is_historical_and_names_its_request() -> None:
+    enc = encoder("json")
+    enc.new_connection()
+    host = Host()
+    for p in enc.birth({}, META):
+        if p.topic.startswith("spBv1.0/"):
+            host.feed(p)
+    pub = enc.replay(Outgoing(1, "CEMS-01", "readings", 3, 2**62, [reading("co2", 5, 1.0)]), "req-7")
+    dd, js = parts(pub)
+    body = host.feed(dd)
+    assert all(m["is_historical"] for m in body["metrics"])
+    assert {m["name"]: m["value"] for m in body["metrics"]}["Replay"] == "req-7"
+    assert json.loads(js.payload)["replay"] == "req-7"
