@@ -81,7 +81,10 @@ class Consumer:
     def __init__(self, opts: ConsumerOptions) -> None:
         self.opts = opts
         self.stats = Stats()
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        # (connection number, message): an acknowledgement goes only on the connection the message came on
+        # (message ids restart per connection: a stale ack would acknowledge another, unwritten message).
+        self._inbox: queue.Queue[tuple[int, mqtt.MQTTMessage]] = queue.Queue()
+        self._conn_no = 0
         self._connected = threading.Event()
         self._refused: str | None = None
         u = urlparse(opts.broker)
@@ -95,7 +98,7 @@ class Consumer:
         client.reconnect_delay_set(1, 10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
+        client.on_message = lambda _c, _u, msg: self._inbox.put((self._conn_no, msg))
         self.client = client
         self.db = psycopg.connect(opts.db, autocommit=True)
         migrate(self.db)
@@ -109,6 +112,7 @@ class Consumer:
         if rc.is_failure:
             self._refused = str(rc)
             return
+        self._conn_no += 1
         # Clean start: subscribe again on every connection (a broker restarted without persistence
         # forgets everything).
         client.subscribe([(t, 1) for t in subscriptions(self.opts.prefix, self.opts.group)])
@@ -157,7 +161,7 @@ class Consumer:
         batches: list[Batch] = []
         statuses: list[Status] = []
         responses: list[Response] = []
-        for m in msgs:
+        for _n, m in msgs:
             try:
                 d = decode(m.topic, m.payload)
             except BadMessage as err:
@@ -180,9 +184,9 @@ class Consumer:
                 log.error("consumer %s: cannot write to PostgreSQL (%s); retrying", o.name, str(err).strip())
                 time.sleep(1.0)
                 self._reconnect_db()
-        for m in msgs:
-            if m.qos > 0:
-                self.client.ack(m.mid, m.qos)
+        for n, m in msgs:
+            if m.qos > 0 and n == self._conn_no:
+                self.client.ack(m.mid, m.qos)  # those of a lost connection are the broker's to resend or drop
         self.stats.received += len(msgs)
         self.stats.written += res.new
         self.stats.duplicates += res.duplicates

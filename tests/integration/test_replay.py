@@ -143,3 +143,44 @@ def test_only_configured_command_topics_are_subscribed(tmp_path: Path) -> None:
         assert list(fwd.commands) == ["carbon/gw-st/cmd/replay"]
     finally:
         store.close()
+
+
+async def test_live_data_keeps_flowing_during_a_replay(tmp_path: Path, broker: PrivateBroker,
+                                                       central: Recorder) -> None:
+    """A replay is rate-limited and uses at most its share of the in-flight window: live messages of another
+    instrument are delivered between its `accepted` and its `done`."""
+    store = Store(tmp_path / "s.db")
+    store.commit(readings(600), now_ms=1_795_000_000_000, per_message=10)  # 60 messages of M-1
+    s = settings(broker.port, max_inflight=10)
+    fwd = Forwarder(s, GW, store, meta=lambda: {}, status_extra=lambda: {}, config_version="v1")
+    rp = Replayer(ReplaySettings(rate_msgs_s=20, window_share=0.5), store,
+                  JsonEncoder(EncoderContext("carbon", GW, store.epoch, "v1")), prefix="carbon", gateway=GW,
+                  send=fwd.send_extra, window_free=lambda: fwd.window_free, max_inflight=s.max_inflight,
+                  retention_ms=lambda: 10**15)
+    fwd.commands[rp.topic] = rp.request
+    tasks = [asyncio.create_task(fwd.run()), asyncio.create_task(rp.run())]
+    try:
+        await until(lambda: len({b["seq"] for b in central.readings() if b["instrument"] == "M-1"}) == 60)
+        ask(central, {"id": "r-long", "instrument": "M-1", "from_seq": 1, "to_seq": 60})
+        await until(lambda: responses(central, "r-long") != [])
+        n = 0
+        while not any(b["state"] == "done" for b in responses(central, "r-long")):
+            n += 1
+            store.commit([r._replace(instrument="L-1") for r in readings(5, start=1000 + 5 * n)],
+                         now_ms=1_795_000_100_000, per_message=10)
+            fwd.notify()
+            await asyncio.sleep(0.05)
+        with central._lock:
+            order = [(t, json.loads(json.dumps(b))) for t, b, _ in central.messages]
+        accepted = next(i for i, (t, b) in enumerate(order) if t.endswith("/cmd/response") and b["state"] == "accepted")
+        done = next(i for i, (t, b) in enumerate(order) if t.endswith("/cmd/response") and b["state"] == "done")
+        live_between = [b for t, b in order[accepted:done] if t.endswith("L-1/readings")]
+        replays_between = [b for t, b in order[accepted:done] if b.get("replay") == "r-long"]
+        assert len(replays_between) == 60
+        assert len(live_between) >= 2, "no live data while the replay ran"
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        fwd.shutdown()
+        store.close()
