@@ -93,19 +93,28 @@ class JsonEncoder:
         return Publish(readings_topic(self.prefix, self.gateway, out.instrument), self.readings(out))
 
     def readings(self, out: Outgoing) -> bytes:
-        body = {
-            "schema": READINGS_SCHEMA,
-            "gateway": self.gateway,
-            "instrument": out.instrument,
-            "epoch": self.epoch,
-            "seq": out.seq,
-            "readings": [
-                {"point": r.point, "ts": r.ts_ms, "value": r.value, "unit": r.unit, "quality": r.quality,
-                 "reason": r.reason, "calibration": r.calibration}
-                for r in out.rows
-            ],
-        }
-        return dumps(body)
+        """The bytes of ``dumps(readings_body(...))``, each reading written from its fields' JSON texts (the
+        point, unit, quality, reason and calibration texts repeat: encoded once and kept) instead of a dict
+        per reading through json.dumps: about a third of the cost per reading (issue 8).
+        tests/unit/test_encoders.py checks it byte for byte against the dict form."""
+        head = dumps({"schema": READINGS_SCHEMA, "gateway": self.gateway, "instrument": out.instrument,
+                      "epoch": self.epoch, "seq": out.seq, "readings": []})
+        text = _text
+        parts = []
+        for r in out.rows:
+            v = r.value
+            if v is None:
+                value = "null"
+            elif type(v) is float and v - v == 0.0:  # finite (NaN and inf raise in dumps, as they did)
+                value = _float_repr(v)
+            else:
+                value = json.dumps(v, allow_nan=False)
+            ts = r.ts_ms
+            parts.append(f'{{"point":{text(r.point)},"ts":{ts if type(ts) is int else json.dumps(ts)},'
+                         f'"value":{value},"unit":{text(r.unit)},'
+                         f'"quality":{text(r.quality)},"reason":{text(r.reason)},'
+                         f'"calibration":{text(r.calibration)}}}')
+        return head[:-2] + ",".join(parts).encode() + b"]}"  # head ends with the empty list: []}
 
     def will(self) -> Publish:
         return self._status_publish("offline", {"reason": "connection_lost"})
@@ -151,6 +160,36 @@ def status_payload(state: str, gateway: str, **fields: Any) -> bytes:
 def meta_payload(gateway: str, meta: Mapping[str, Any], config_version: str, *, epoch: str = "") -> bytes:
     return dumps({"schema": META_SCHEMA, "gateway": gateway, "epoch": epoch, "config_version": config_version,
                   **meta})
+
+
+_float_repr = float.__repr__  # what json.dumps writes for a finite float
+_TEXTS: dict[str, str] = {}
+
+
+def _text(s: str) -> str:
+    """The JSON text of a string (as dumps writes it), kept: point names, units and codes repeat."""
+    t = _TEXTS.get(s)
+    if t is None:
+        if len(_TEXTS) > 100_000:
+            _TEXTS.clear()
+        t = _TEXTS[s] = json.dumps(s, ensure_ascii=False)
+    return t
+
+
+def readings_body(gateway: str, instrument: str, epoch: str, seq: int, rows: Any) -> dict[str, Any]:
+    """The `json` encoder's readings message as a dict (the reference for JsonEncoder.readings)."""
+    return {
+        "schema": READINGS_SCHEMA,
+        "gateway": gateway,
+        "instrument": instrument,
+        "epoch": epoch,
+        "seq": seq,
+        "readings": [
+            {"point": r.point, "ts": r.ts_ms, "value": r.value, "unit": r.unit, "quality": r.quality,
+             "reason": r.reason, "calibration": r.calibration}
+            for r in rows
+        ],
+    }
 
 
 def dumps(obj: Any) -> bytes:

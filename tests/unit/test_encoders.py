@@ -88,3 +88,31 @@ def test_every_encoder_speaks_the_documented_status_meta_and_derived_payloads(na
     body = json.loads(ev.payload)
     validator("events").validate(body)
     assert body["epoch"] == CTX.epoch
+
+
+any_readings_st = st.lists(
+    st.builds(Reading, st.just("CEMS-01"), st.text(min_size=1, max_size=8),
+              st.integers(0, 2**53), st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
+                                               st.integers(-2**40, 2**40)),
+              st.text(max_size=6), st.sampled_from(list(Quality)), st.text(max_size=10),
+              st.sampled_from(list(Calibration))),
+    min_size=0, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=any_readings_st, seq=st.integers(1, 2**40))
+def test_json_readings_are_the_bytes_of_the_dict_form(rows: list[Reading], seq: int) -> None:
+    """JsonEncoder.readings writes each reading from its fields' JSON texts: byte for byte what json.dumps of
+    the dict form gives (any point names, units, reasons, values, including -0.0, huge and integer values)."""
+    from gateway.encode import dumps, readings_body
+
+    out = Outgoing(7, "CEMS-01", "readings", seq, 0, rows)
+    got = JsonEncoder(CTX).readings(out)
+    assert got == dumps(readings_body(CTX.gateway, "CEMS-01", CTX.epoch, seq, rows))
+
+
+def test_json_readings_refuse_nan_as_before() -> None:
+    out = Outgoing(7, "CEMS-01", "readings", 1, 0, [Reading("CEMS-01", "p", 1, float("nan"), "", Quality.GOOD, "",
+                                                             Calibration.VALID)])
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        JsonEncoder(CTX).readings(out)
