@@ -535,7 +535,7 @@ def window_figures(p: Plant, t0: float, t1: float, offered: float) -> dict[str, 
 
 def timeline(p: Plant, t0: float, t1: float) -> list[list[Any]]:
     """One row a second: [t - t0, CPU % over the second, RSS MiB, readings delivered, loop stall ms,
-    production lag s, gap events, overload, pending messages]."""
+    production lag s, gap events, overload, pending messages, loop stall ms of CPU]."""
     assert p.sub is not None
     st = {int(r["t"]): r for r in p.status_in(t0, t1 + 1)}
     rows = []
@@ -550,7 +550,7 @@ def timeline(p: Plant, t0: float, t1: float) -> list[list[Any]]:
             rows.append([sec - int(t0), round((s.cpu_s - prev.cpu_s) / (s.t - prev.t) * 100, 1), round(s.rss_mib, 1),
                          p.sub.per_sec.get(sec - 1, 0), r.get("loop_lag_ms"),
                          None if lag is None else round(lag / 1000, 2), p.sub.events.get(sec - 1, 0),
-                         r.get("overload"), r.get("pending")])
+                         r.get("overload"), r.get("pending"), r.get("loop_cpu_ms")])
         prev = s
     return rows
 

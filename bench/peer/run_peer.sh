@@ -25,6 +25,20 @@ cp "$HERE/gen_cg_config.py" "$HERE/cg_parser.py" "$H/cg/"
 if [ -n "${CG_ENCODER:-}" ]; then  # the harness's SETUP line passes no encoder: append ours
   sed -i "s|--synchronous \$SYNC\"|--synchronous \$SYNC --encoder $CG_ENCODER\"|" "$H/run_cg.sh"
 fi
+if [ "$which" = tb ]; then
+  # ThingsBoard's Modbus connector pip-installs pymodbus 3.9.2 and pyserial(-asyncio) into its environment at
+  # its first start; where that fails (no direct PyPI access from the gateway) it delivers nothing. So the
+  # virtualenv is made here, as the harness would make it, with those three installed beforehand.
+  TB_VENV="${TB_VENV:-$BENCH_TMP/tb_venv}"
+  export TB_VENV
+  if [ ! -x "$TB_VENV/bin/python" ]; then
+    python3 -m venv "$TB_VENV"
+    "$TB_VENV/bin/pip" install -q "${TB_VERSION_SPEC:-thingsboard-gateway>=3.8,<3.9}" >"$BENCH_TMP/tb_pip_install.log" 2>&1
+  fi
+  if ! "$TB_VENV/bin/python" -c 'import pymodbus, serial, serial_asyncio; assert pymodbus.__version__ == "3.9.2"' 2>/dev/null; then
+    "$TB_VENV/bin/pip" install -q "pymodbus==3.9.2" pyserial pyserial-asyncio >>"$BENCH_TMP/tb_pip_install.log" 2>&1
+  fi
+fi
 case "$which" in
   tb) exec "$H/run_tb.sh" "$@" ;;
   cg) export CG_BIN="${CG_BIN:-$REPO/.venv/bin/carbon-gateway}"; exec "$H/run_cg.sh" "$@" ;;
