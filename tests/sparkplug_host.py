@@ -42,7 +42,8 @@ class NodeSession:
 
 
 class SparkplugHost:
-    def __init__(self, host: str, port: int, *, host_id: str | None = None) -> None:
+    def __init__(self, host: str, port: int, *, host_id: str | None = None, user: tuple[str, str] | None = None,
+                 protocol: int = mqtt.MQTTv311) -> None:
         self.host_id = host_id
         self.messages: list[Msg] = []
         self.violations: list[str] = []
@@ -50,7 +51,9 @@ class SparkplugHost:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"spb-host-{time.monotonic_ns()}",
-                                  clean_session=True)
+                                  protocol=protocol, **({"clean_session": True} if protocol != mqtt.MQTTv5 else {}))
+        if user is not None:
+            self.client.username_pw_set(*user)
         self.client.on_connect = lambda c, *_: c.subscribe("spBv1.0/#", qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
