@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         consumer = Consumer(opts)
     except psycopg.Error as err:
-        print(f"--db: cannot use the database: {str(err).strip()}", file=sys.stderr)
+        print(f"--db: cannot use the database: {_one_line(err)}", file=sys.stderr)
         return 1
     try:
         consumer.run(stop, args.duration)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(str(err), file=sys.stderr)
         return 3
     except psycopg.Error as err:
-        print(f"consumer stopped: database error: {str(err).strip()}", file=sys.stderr)
+        print(f"consumer stopped: database error: {_one_line(err)}", file=sys.stderr)
         return 1
     finally:
         consumer.close()
@@ -77,3 +77,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("consumer %s stopped: %d messages received, %d written, %d duplicates, %d replayed, %d bad",
              opts.name, s.received, s.written, s.duplicates, s.replayed, s.bad)
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """libpq's messages span lines (a hint on the next one): one line, as every error of the CLI."""
+    return " ".join(str(err).split())

@@ -181,7 +181,7 @@ class Consumer:
                 break
             except psycopg.OperationalError as err:
                 # The database went away: keep the batch (unacknowledged: the broker holds the rest back).
-                log.error("consumer %s: cannot write to PostgreSQL (%s); retrying", o.name, str(err).strip())
+                log.error("consumer %s: cannot write to PostgreSQL (%s); retrying", o.name, " ".join(str(err).split()))
                 time.sleep(1.0)
                 self._reconnect_db()
         for n, m in msgs:
@@ -224,7 +224,7 @@ class Consumer:
                 try:
                     self.healer.check()
                 except psycopg.OperationalError as err:
-                    log.error("consumer %s: hole check failed: %s", o.name, str(err).strip())
+                    log.error("consumer %s: hole check failed: %s", o.name, " ".join(str(err).split()))
             if now >= next_lag:
                 next_lag = now + o.lag_report_s
                 try:

@@ -125,3 +125,30 @@ async def test_a_hole_is_found_and_healed_by_a_replay_exactly_once(tmp_path: Pat
         await asyncio.gather(*tasks, return_exceptions=True)
         fwd.shutdown()
         store.close()
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--broker", "http://127.0.0.1:1", "--db", "postgresql://127.0.0.1:1/x"], 2, "--broker"),
+    (["--broker", "mqtt://127.0.0.1:1", "--db", "postgresql://postgres@127.0.0.1:1/x"], 1, "--db: cannot use"),
+])
+def test_consume_fails_with_one_line_and_its_exit_code(args: list[str], code: int, text: str) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gateway", "consume", *args], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert text in lines[0]
+
+
+def test_consume_exits_3_when_the_broker_refuses(db: str) -> None:
+    import subprocess
+    import sys
+
+    with PrivateBroker(users={"someone": "pw"}) as refusing:
+        r = subprocess.run([sys.executable, "-m", "gateway", "consume", "--broker", refusing.url, "--db", db],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 3, r.stderr
+    assert "refused the consumer" in r.stderr.strip().splitlines()[-1]
