@@ -44,7 +44,7 @@ from gateway.sparkplug.payload import (
     property_set,
 )
 from gateway.sparkplug.sparkplug_b_pb2 import Payload
-from gateway.store import KIND_READINGS, Outgoing
+from gateway.store import DERIVED_KINDS, KIND_READINGS, Outgoing
 
 if TYPE_CHECKING:
     from gateway.settings import MqttSettings
@@ -61,7 +61,7 @@ N_STATE, N_STATUS, N_EPOCH, N_CONFIG = "Gateway/State", "Gateway/Status", "Gatew
 D_SEQ = "Readings/Seq"  # the store's seq of the readings message: deduplicate resends on (device, epoch, seq)
 D_META = "Meta"  # the carbon-gateway/meta/1 document, JSON
 D_REPLAY = "Replay"  # in a DDATA sent again on a replay request (issue 12.2): the request's id
-RECORD_KINDS = ("events", "aggregates", "substitutes", "corrections")  # "Records/<kind>": the JSON body
+RECORD_KINDS = DERIVED_KINDS  # "Records/<kind>" (events, aggregates, ...): the JSON body of that topic
 STATIC_META = ("name", "kind", "manufacturer", "model", "serial_number", "location", "emission_source",
                "source_category", "boundary_level", "accuracy_class", "status", "profile")
 

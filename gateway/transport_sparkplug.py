@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.sparkplug")
 
+HOST_WAIT_REPORT_S = 2.0  # connected without the primary host's online STATE this long: one log line
 _SENT = (MQTTErrorCode.MQTT_ERR_SUCCESS,)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # QoS 1 waits in paho for CONNACK
 
@@ -260,7 +261,15 @@ class SparkplugTransport(MqttTransport):
         self._mqtt_up = True
         if self.host is not None:
             self._host_online = False  # this connection waits for the host's (retained) STATE
+            if self._loop is not None:  # say so, rather than let the forwarder report a missing CONNACK
+                self._loop.call_later(HOST_WAIT_REPORT_S, self._still_waiting, self._client)
         self._begin()
+
+    def _still_waiting(self, client: Any) -> None:
+        if self._mqtt_up and not self._session and client is self._client and self._outer is not None:
+            self._outer.transport_failed(
+                f"{self.where}: connected, waiting for primary host {self.host} to say online on "
+                f"spBv1.0/STATE/{self.host}; readings stay in the store", fatal=False)
 
     def _begin(self) -> None:
         if self._mqtt_up and self._host_online and not self._session:

@@ -177,6 +177,28 @@ def test_kill_9_yields_ndeath_through_the_will_and_the_backlog_comes_historical(
     assert replayed, "nothing was sent as historical after the restart"
 
 
+def test_no_birth_before_the_primary_host_says_online(tmp_path: Path, ports: tuple[int, int, int],
+                                                      broker: PrivateBroker, host: SparkplugHost,
+                                                      simulators: None) -> None:
+    cfg = sparkplug_config(tmp_path, ports, broker, primary_host="scada")
+    log = tmp_path / "gw.log"
+    gw = Gateway(cfg, log).start()
+    try:
+        assert host.wait_for(lambda: "waiting for primary host scada" in log.read_text(), 60), gw.tail()
+        assert host.wait_for(lambda: len(committed(tmp_path / "gw.db")) >= 10, 60)
+        assert host.snapshot() == []  # connected, polling, storing: and not one Sparkplug message
+        host.publish_state(True, host.connect_ts)
+        store = committed(tmp_path / "gw.db")
+        assert host.wait_for(lambda: set(store) <= set(received(host)), 60), gw.tail()
+    finally:
+        assert gw.stop() == 0
+    assert host.violations == [], host.violations[:10]
+    assert host.snapshot()[0].verb == "NBIRTH"
+    got = received(host)
+    assert all(got[k][1] for k in store)  # kept before the host was there: all historical
+    assert "no CONNACK" not in log.read_text()
+
+
 def test_primary_host_offline_keeps_data_then_historical_and_ncmd_rebirth(
         tmp_path: Path, ports: tuple[int, int, int], broker: PrivateBroker, host: SparkplugHost,
         simulators: None) -> None:
