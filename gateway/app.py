@@ -84,6 +84,7 @@ class Gateway:
     # ignored), the last reload's outcome for the status topic, rules changes waiting for the writer.
     loader: Callable[[], Config] | None = None
     reload_status: dict[str, Any] | None = field(default=None, init=False)
+    replayer: Any = field(default=None, init=False)  # issue 12: replay on request, when subscribed
     rules_changes: list[reload.RulesChange] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -130,9 +131,9 @@ class Gateway:
         for spec in subscribing:
             self.start_subscriber(spec, queue)
         sup.spawn("forwarder", forwarder.run)
-        replayer = attach_replay(forwarder, st, store, encoder, self.clock.wall_ms)  # issue 12: commands
-        if replayer is not None:
-            sup.spawn("replay", replayer.run)
+        self.replayer = attach_replay(forwarder, st, store, encoder, self.clock.wall_ms)  # issue 12: commands
+        if self.replayer is not None:
+            sup.spawn("replay", self.replayer.run)
         sup.spawn("writer", functools.partial(self._write, queue, store, forwarder))
         sup.spawn("inbox", functools.partial(self._inbox, store, forwarder))
         sup.spawn("pruner", functools.partial(self._prune, store))
@@ -407,7 +408,8 @@ class Gateway:
                 "derived": {"points": len(self.config.derived.points), "computed": self.derived.computed,
                             "not_computed": self.derived.failed, "sources": len(self.carbon.methods),
                             "carbon_records": self.carbon.issued},
-                **({"reload": self.reload_status} if self.reload_status is not None else {})}
+                **({"reload": self.reload_status} if self.reload_status is not None else {}),
+                **({"replay": self.replayer.status()} if self.replayer is not None else {})}
 
 
 def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:

@@ -152,6 +152,11 @@ class Replayer:
         self._jobs: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self.stats = {"accepted": 0, "rejected": 0, "done": 0, "messages": 0}
+        self.last_rejection = ""
+
+    def status(self) -> dict[str, Any]:
+        """The status topic's `replay` (counts since the start, what waits, the last refusal)."""
+        return {**self.stats, "queued": len(self._jobs), "last_rejection": self.last_rejection}
 
     @property
     def topic(self) -> str:
@@ -177,6 +182,7 @@ class Replayer:
             job = self._plan(req)
         except Rejected as err:
             self.stats["rejected"] += 1
+            self.last_rejection = f"{err.request_id or '(no id)'}: {err}"
             log.warning("replay request %s rejected: %s", err.request_id or "(no id)", err)
             self._respond("rejected", err.request_id, reason=f"{err.code}: {err.detail}")
             return

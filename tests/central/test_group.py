@@ -31,11 +31,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from jsonschema import Draft202012Validator
 
 from simulators.broker import PrivateBroker, free_port
 from tests.helpers import three_meters, write_config
 
 GATEWAYS = ("gw-1", "gw-2", "gw-3")
+STATUS = Draft202012Validator(json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "schema" / "status.schema.json").read_text()))
 
 GATEWAY_YAML = """\
 gateway: {{id: {gw}, site: test site, timezone: UTC}}
@@ -198,6 +201,13 @@ async def test_three_gateways_two_consumers_a_kill_and_a_broker_hole_end_exactly
         assert done, "no replay request was served\n" + tail()
         replayed = pg(db, "SELECT count(*) FROM carbon.messages WHERE replay IS NOT NULL")[0][0]
         assert replayed > 0
+
+        # The gateways say so on their status topic (as stored by the consumer), in the published schema.
+        await wait_until(lambda: sum(int(b["replay"]["done"]) for (b,) in pg(
+            db, "SELECT body FROM carbon.gateway_status WHERE state = 'online'")) >= len(done), 30,
+                         "the replays counted on the gateways' status topic", tail)
+        for (body,) in pg(db, "SELECT body FROM carbon.gateway_status"):
+            STATUS.validate(body)
 
         # 5. Stop the gateways (a clean stop), let the consumer drain, compare with the stores.
         for gw in GATEWAYS:

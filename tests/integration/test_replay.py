@@ -113,6 +113,10 @@ async def test_replay_by_seq_and_by_time_and_rejections(tmp_path: Path, broker: 
         ask(central, {"id": "r-pruned", "instrument": "M-1", "from_seq": 1, "to_seq": 3})
         assert await _reason(central, "r-pruned") == "out_of_retention"
 
+        st = rp.status()  # the status topic's `replay`
+        assert (st["accepted"], st["done"], st["rejected"], st["queued"]) == (2, 2, 7, 0)
+        assert st["last_rejection"].startswith("r-pruned: out_of_retention")
+
         # Live data still flows after all of that.
         store.commit(readings(10, start=400), now_ms=t0 + 10**6, per_message=10)
         fwd.notify()
