@@ -120,8 +120,10 @@ class HoleHealer:
                         (hi, g, e, i, k, lo - 1))
 
     def _request(self, cur: psycopg.Cursor, h: Hole) -> None:
+        """At most one request per hole at a time, for its first `chunk` seqs: a long hole (a consumer
+        database that joins late) is asked for piece by piece, never as a flood the gateway turns away."""
         lo = h.lo
-        while lo <= h.hi:
+        if lo <= h.hi:
             hi = min(h.hi, lo + self.chunk - 1)
             # Still open (sent/accepted recently), or done so recently that its messages may still be coming.
             open_ = cur.execute(
@@ -139,4 +141,3 @@ class HoleHealer:
                             "to_seq, consumer) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                             (rid, h.gateway, h.epoch, h.instrument, h.kind, lo, hi, self.consumer))
                 self._outbox.append((h.gateway, rid, body))
-            lo = hi + 1

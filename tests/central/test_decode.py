@@ -19,6 +19,7 @@ def test_gaps_move_contiguous_to_and_name_each_hole() -> None:
     assert gaps(5, [], []) == (5, [])
 
 
+@settings(deadline=None)  # a busy machine: no per-example time limit
 @given(st.sets(st.integers(1, 60)), st.integers(0, 5))
 def test_gaps_cover_exactly_the_missing_seqs(present: set[int], start: int) -> None:
     seqs = sorted(s for s in present if s > start)
