@@ -31,6 +31,7 @@ from gateway.queue import ReadingQueue
 from gateway.registry import Config, few_collections
 from gateway.replay import attach as attach_replay
 from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules_async
+from gateway.service import run_notifier
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
 from gateway.supervisor import FAILED, Supervisor
@@ -86,6 +87,7 @@ class Gateway:
     reload_status: dict[str, Any] | None = field(default=None, init=False)
     replayer: Any = field(default=None, init=False)  # issue 12: replay on request, when subscribed
     rules_changes: list[reload.RulesChange] = field(default_factory=list, init=False)
+    writer_beat: float | None = field(default=None, init=False)  # loop time of the writer's last round (watchdog)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(backoff_min_s=self.restart_backoff_s[0], backoff_max_s=self.restart_backoff_s[1],
@@ -143,6 +145,8 @@ class Gateway:
             reloader = reload.Reloader(self, queue, store, forwarder, self.loader)
             signals.enter_context(reloader.on_sighup())
             sup.spawn("reload", reloader.run)
+        # Last: READY=1 to systemd once the store is open and everything above is started (gateway/service.py).
+        sup.spawn("systemd notify", functools.partial(run_notifier, self, forwarder, store))
         stopper = asyncio.create_task(stop.wait(), name="stop signal")
         fatal = asyncio.create_task(sup.wait_fatal(), name="fatal failure")
         auth = asyncio.create_task(self._first_connect(forwarder), name="broker login check")
@@ -260,6 +264,8 @@ class Gateway:
         st = self.config.settings
         interval = st.store.commit_interval_ms / 1000
         per_message = st.mqtt.readings_per_message
+        loop = asyncio.get_running_loop()
+        self.writer_beat = loop.time()  # the rules stage is built within the watchdog interval (docs/deployment.md)
         # Clock steps and overload changes while the rules stage is being built are given to it afterwards.
         events_seen = len(self._events)
         overloaded = self.overload.active
@@ -272,6 +278,7 @@ class Gateway:
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
         while True:
+            self.writer_beat = loop.time()  # one beat per round, idle or not: the watchdog's proof of progress
             if self.rules_changes and not self._held and queue.total_out >= self.rules_changes[0].after:
                 # A reload: everything queued before it is committed, now the rules stage takes the new config.
                 await reload.run_rules_change(self.rules_changes.pop(0), rules, store, self.clock.wall_ms())

@@ -155,6 +155,11 @@ class Supervisor:
         """Returns (task name, error) once a task failed with a fatal error."""
         return await asyncio.shield(self._fatal_future())
 
+    @property
+    def fatal_pending(self) -> bool:
+        """A fatal failure happened and the gateway is stopping (the systemd watchdog stops pinging)."""
+        return self._fatal is not None and self._fatal.done()
+
     def state(self, name: str) -> str:
         info = self._info.get(name)
         return info.state if info is not None else STOPPED
