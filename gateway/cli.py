@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_status
+from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_instruments, cli_status
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_status.add_parser(sub)  # issue 11: status
     cli_consume.add_parser(sub)  # issue 12: reference consumer -> PostgreSQL
     cli_explain_tree.add_parser(sub)  # issue 13: a carbon record's derivation down to raw readings
+    cli_instruments.add_parser(sub)  # issue 11 item 6: instrument ledger, calibrations due
     return parser
 
 
@@ -195,6 +196,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_consume.run(args)
     if args.command == "explain":
         return cli_explain_tree.run(args)
+    if args.command == "instruments":
+        return cli_instruments.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 

@@ -27,7 +27,16 @@ from gateway.errors import ConfigError, ConfigErrors
 from gateway.instruments import DerivedDecl, HealthRule, InstrumentSpec, PointSpec
 from gateway.point_rules import compile_point_rules
 from gateway.protocols import PROTOCOLS
-from gateway.registry_schema import InstrumentFile, InstrumentModel, Lifecycle, PointBase, PointModel, ProfileModel
+from gateway.registry_schema import (
+    CalibrationMethod,
+    CalibrationResult,
+    InstrumentFile,
+    InstrumentModel,
+    Lifecycle,
+    PointBase,
+    PointModel,
+    ProfileModel,
+)
 from gateway.rules.methods import error_line as missing_data_error
 from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
 from gateway.units import IDENTITY, UnitError, check_unit, conversion
@@ -292,6 +301,21 @@ def _fallback_settings(gw_tree: Any) -> Settings:
     return Settings.model_validate({"gateway": {"id": "unchecked"}})
 
 
+def _check_ledger(inst: InstrumentModel, ctx: _Ctx) -> None:
+    """Issue 11 item 6: the calibration ledger against standard 10.5.4 b and e."""
+    cal = inst.calibration
+    if cal is None:
+        return
+    if cal.mandatory_verification and cal.method not in (None, CalibrationMethod.VERIFICATION):
+        ctx.error(("calibration", "method"), "calibration.method",
+                  f"an instrument under mandatory verification is verified by a designated agency (standard "
+                  f"10.5.4 b): method must be 'verification', not '{cal.method.value}'")
+    if cal.result is CalibrationResult.FAIL and inst.status is Lifecycle.IN_SERVICE:
+        ctx.error(("calibration", "result"), "calibration.result",
+                  "the last calibration failed and the instrument is in_service: only confirmed instruments stay "
+                  "in use (standard 10.5.4 e); set status standby or retired, or record the passing calibration")
+
+
 def check_mqtt_files(settings: Settings, tree: Any, file: Path, warnings: list[ConfigError]) -> list[ConfigError]:
     """What `run` would fail on when it connects: the password source, the TLS files. Also warns
     about settings that are legal but unsafe (TLS without certificate checks)."""
@@ -430,6 +454,7 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             ctx.error(("calibration", "last_date"), "calibration.last_date",
                       f"last calibration {cal.last_date} is in the future")
         due = due_date(cal.last_date, cal.interval_months, cal.due_date)
+        _check_ledger(inst, ctx)
     window = window_for(cal.last_date if cal else None, due, due_soon_days=settings.limits.due_soon_days, tz=tz)
 
     base_points = profile.points if profile else []

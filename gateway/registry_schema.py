@@ -105,6 +105,23 @@ class Range(Strict):
         return self
 
 
+class CalibrationMethod(StrEnum):
+    """How an instrument's value is confirmed (standard 10.5.4 a-d)."""
+
+    VERIFICATION = "verification"  # 检定: legal verification (mandatory instruments: a designated agency, 10.5.4 b)
+    CALIBRATION = "calibration"  # 校准: by a qualified third party or the plant's own standard (10.5.4 c)
+    SELF_CHECK = "self_check"  # 自校 (10.5.4 d: instruments that cannot be removed or have no procedure)
+    COMPARISON = "comparison"  # 比对
+    REPLACEMENT = "replacement"  # 定期更换
+
+
+class CalibrationResult(StrEnum):
+    """The plant's confirmation of the last certificate (10.5.4 e): only confirmed instruments stay in use."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
 class CalibrationModel(Strict):
     last_date: date | None = None
     interval_months: int | None = Field(default=None, ge=1, le=240)
@@ -112,6 +129,11 @@ class CalibrationModel(Strict):
     certificate: str | None = None
     agency: str | None = None
     mandatory_verification: bool = False
+    # Issue 11 item 6: the rest of the instrument ledger (standard 10.1.3 d "calibration frequency and the
+    # technical specification it follows"; 10.5.4 a-e). Cross-checked in registry.compile_instrument.
+    method: CalibrationMethod | None = None
+    specification: str = ""  # the regulation or procedure followed, e.g. "JJG 1033-2007"
+    result: CalibrationResult | None = None
 
 
 class InstrumentModel(Strict):
