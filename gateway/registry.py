@@ -38,7 +38,7 @@ from gateway.registry_schema import (
     ProfileModel,
 )
 from gateway.rules.methods import error_line as missing_data_error
-from gateway.settings import Limits, Settings, check_readable_file, read_secret_file
+from gateway.settings import CredentialsUnavailable, Limits, Settings, check_readable_file, read_secret_file
 from gateway.units import IDENTITY, UnitError, check_unit, conversion
 from gateway.yamlload import LineDict, ParseCache, line_of, load_yaml
 
@@ -329,6 +329,8 @@ def check_mqtt_files(settings: Settings, tree: Any, file: Path, warnings: list[C
     if m.password_file is not None:
         try:
             read_secret_file(m.password_file)
+        except CredentialsUnavailable as e:  # a command run outside the service: `run` checks it when it connects
+            err(("mqtt", "password_file"), f"warning: not checked: {e}", warnings)
         except ValueError as e:
             err(("mqtt", "password_file"), str(e))
     if m.password_env is not None and os.environ.get(m.password_env) is None:
@@ -342,6 +344,8 @@ def check_mqtt_files(settings: Settings, tree: Any, file: Path, warnings: list[C
             if path is not None:
                 try:
                     check_readable_file(path)
+                except CredentialsUnavailable as e:
+                    err(("mqtt", "tls", name), f"warning: not checked: {e}", warnings)
                 except ValueError as e:
                     err(("mqtt", "tls", name), str(e))
         if m.tls.key_file is not None and m.tls.cert_file is None:

@@ -73,6 +73,49 @@ def check_topic_prefix(v: str) -> str:
     return v
 
 
+# -- issue 11 item 4: secrets through systemd credentials (LoadCredential=) ------------------------------------
+# A password or TLS file written as `${CREDENTIALS_DIRECTORY}/NAME` is NAME in the directory systemd gives a
+# service for its LoadCredential= lines (in memory, readable by that service only). Expanded where the file
+# is read, so the configuration stays the same text whoever loads it.
+CREDENTIALS_VAR = "CREDENTIALS_DIRECTORY"
+_CREDENTIAL_PREFIXES = ("${CREDENTIALS_DIRECTORY}/", "$CREDENTIALS_DIRECTORY/")
+
+
+class CredentialsUnavailable(ValueError):
+    """The file is a systemd credential and this process was not given any (not started by the service)."""
+
+
+def credential_path(path: Path | str) -> Path:
+    """`path`, with a leading `${CREDENTIALS_DIRECTORY}/` replaced by the variable's value."""
+    text = str(path)
+    for prefix in _CREDENTIAL_PREFIXES:
+        if text.startswith(prefix):
+            name = text[len(prefix):]
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"{text}: a credential is one file name after ${{{CREDENTIALS_VAR}}}/")
+            base = os.environ.get(CREDENTIALS_VAR)
+            if not base:
+                raise CredentialsUnavailable(
+                    f"{text}: ${CREDENTIALS_VAR} is not set (systemd sets it for a service with LoadCredential=)")
+            return Path(base) / name
+    return Path(path)
+
+
+def check_credentials(settings: Settings) -> None:
+    """For `run`: a `${CREDENTIALS_DIRECTORY}/` file without credentials is a ConfigError (exit 2), not a
+    warning as in `validate` or the reports run by hand beside the service."""
+    m = settings.mqtt
+    files = {"mqtt.password_file": m.password_file}
+    if m.tls is not None:
+        files.update({f"mqtt.tls.{k}": getattr(m.tls, k) for k in ("ca_file", "cert_file", "key_file")})
+    for name, path in files.items():
+        if path is not None:
+            try:
+                credential_path(path)
+            except ValueError as err:
+                raise ConfigError(str(err), field=name) from None
+
+
 def _regular_file(path: Path) -> os.stat_result:
     """stat() of a regular file, or ValueError naming why it cannot be read (a FIFO would hang a read)."""
     try:
@@ -86,6 +129,7 @@ def _regular_file(path: Path) -> os.stat_result:
 
 def read_secret_file(path: Path) -> str:
     """The secret in a file (stripped), or ValueError saying why it cannot be used (never the content)."""
+    path = credential_path(path)
     st = _regular_file(path)
     if st.st_size > MAX_SECRET_BYTES:
         raise ValueError(f"{path} is {st.st_size:,} bytes: not a password file")
@@ -110,6 +154,7 @@ def read_secret_file(path: Path) -> str:
 
 def check_readable_file(path: Path) -> None:
     """A certificate/key/CA file must be a readable regular file; ValueError otherwise."""
+    path = credential_path(path)
     _regular_file(path)
     if not os.access(path, os.R_OK):
         raise ValueError(f"cannot read {path}: Permission denied")

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.encode import Publish
-from gateway.settings import MqttSettings
+from gateway.settings import MqttSettings, credential_path
 
 # CONNACK codes that mean "your credentials or identity are wrong": retrying will not fix them.
 _AUTH_FAILURES = {"Not authorized", "Bad user name or password", "Client identifier not valid", "Banned"}
@@ -108,9 +108,10 @@ class MqttTransport:
             client.username_pw_set(s.username, s.password())
         if s.use_tls:
             tls = s.tls
-            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+            ctx = ssl.create_default_context(cafile=str(credential_path(tls.ca_file)) if tls and tls.ca_file else None)
             if tls and tls.cert_file:
-                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+                ctx.load_cert_chain(str(credential_path(tls.cert_file)),
+                                    str(credential_path(tls.key_file)) if tls.key_file else None)
             if tls and tls.insecure_skip_verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
