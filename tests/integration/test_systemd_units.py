@@ -95,3 +95,15 @@ def test_the_gateway_unit_says_what_issue_11_asks() -> None:
     assert settings["UMask"] == "0077"
     for key in ("StateDirectory", "ConfigurationDirectory", "LogsDirectory", "MemoryMax", "TasksMax"):
         assert settings[key], key
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")
+def test_sysusers_creates_the_service_user_without_a_login(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    out = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(UNITS / "carbon-gateway.sysusers")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    user = next(line for line in (tmp_path / "etc/passwd").read_text().splitlines()
+                if line.startswith("carbon-gateway:"))
+    assert user.split(":")[5:] == ["/var/lib/carbon-gateway", "/usr/sbin/nologin"]
+    assert int(user.split(":")[2]) < 1000  # a system user
