@@ -6,7 +6,8 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
 VENV := .venv
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := mosquitto socat
+# sqlite3: the shell the tamper tests of `carbon-gateway verify` edit stores with (issue 11)
+SYSTEM_TOOLS := mosquitto socat sqlite3
 
 .PHONY: demo test lint bench bench-throughput sparkplug-proto system-tools venv clean
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_instruments, cli_status
+from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_instruments, cli_status, cli_verify
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--to", type=Path, required=True, metavar="NEW_PATH", help="the new store (must not exist)")
         if name == "backup":
             sp.add_argument("target", type=Path, metavar="PATH", help="the backup file (must not exist)")
+
+    cli_verify.add_parser(sub)
 
     sc = sub.add_parser("schema", help="print the JSON Schema of a configuration file kind")
     sc.add_argument("kind", choices=["gateway", "instruments", "profile"])
@@ -201,6 +203,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_explain_tree.run(args)
     if args.command == "instruments":
         return cli_instruments.run(args)
+    if args.command == "verify":
+        return cli_verify.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import time
 import uuid
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
-from gateway import config_history
+from gateway import chain, config_history
 from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import (
@@ -47,6 +49,8 @@ from gateway.store_schema import (
 log = logging.getLogger("gateway.store")
 
 KIND_READINGS = "readings"
+_TAIL_PACK = chain.TAIL.pack  # the commit path packs a reading's time and value itself (no call per reading)
+_HEADER_PACK = chain.HEADER_NUM.pack
 _QUALITY_NAMES = {code: name for name, code in QUALITY_CODES.items()} | {3: "bad"}
 _CALIBRATION_NAMES = {code: name for name, code in CALIBRATION_CODES.items()}
 
@@ -91,6 +95,9 @@ class Outgoing:
     seq: int
     created_ms: int
     rows: Sequence[Any]
+    # The message's link in its hash chain (gateway/chain.py): the last row id it covers and the link's hash.
+    chain_pos: int = 0
+    chain_hash: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +147,18 @@ class Store:
                 self._quick_check()
             self._migrate()
             self.epoch = self._ensure_epoch()
-            self._next_reading_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM samples")
+            self._chain_open()
+            # Never below the chain's head: an id deleted at the end (by hand) is not given out again.
+            self._next_reading_id = max(self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM samples"),
+                                        self._chain_head[chain.CHAIN_READINGS][0] + 1)
             self._series: dict[tuple[str, str, str], int] = {
                 (i, p, u): sid for sid, i, p, u in self._db.execute("SELECT id, instrument, point, unit FROM series")}
             self._labels: dict[str, int] = {t: lid for lid, t in self._db.execute("SELECT id, text FROM labels")}
             self._series_names: dict[int, tuple[str, str, str]] = {sid: k for k, sid in self._series.items()}
             self._label_texts: dict[int, str] = {lid: t for t, lid in self._labels.items()}
             self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
-            self._next_record_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records")
+            self._next_record_id = max(self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records"),
+                                       self._chain_head[chain.CHAIN_RECORDS][0] + 1)
             self._seq: dict[str, int] = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
         except sqlite3.Error as err:
             self.close()
@@ -238,6 +249,59 @@ class Store:
         if not self.created:
             log.info("%s: store had no epoch (made by an older version); its epoch is now %s", self.path, epoch)
         return epoch
+
+    def _chain_open(self) -> None:
+        """Load each chain's head; a chain with no anchor yet (a new store, or the first open at schema 7)
+        starts after the table's newest row, from its genesis hash (docs/hash-chain.md)."""
+        self._chain_head: dict[int, tuple[int, bytes]] = {}
+        self._chain_prefix: dict[tuple[int, int], bytes] = {}  # (series, code) -> a reading's encoding but ts/value
+        specs = [(chain.CHAIN_READINGS, "readings", "samples"), (chain.CHAIN_RECORDS, "records", "records"),
+                 *((s.code, s.name, s.table) for s in chain.EXTRA_CHAINS.values())]
+        for code, name, table in specs:
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (table,)).fetchone():
+                continue
+            anchor = read_anchor(self._db, name)
+            if anchor is None:
+                last = self._scalar(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+                anchor = Anchor(last + 1, last, chain.genesis(self.epoch, name))
+                write_anchor(self._db, name, anchor)
+                if last:
+                    log.info("%s: the %s hash chain starts after row %d (rows stored before schema 7 are not "
+                             "chained)", self.path, name, last)
+            row = self._db.execute("SELECT last_id, hash FROM chain_links WHERE chain = ? ORDER BY first_id DESC "
+                                   "LIMIT 1", (code,)).fetchone()
+            self._chain_head[code] = (int(row[0]), bytes(row[1])) if row else (anchor.last_id, anchor.hash)
+
+    def chain_heads(self) -> dict[str, dict[str, Any]]:
+        """Each chain's head: the last row id it covers and its hash (hex), as the status topic shows them."""
+        return {chain.NAMES.get(code) or str(code): {"pos": pos, "hash": h.hex()}
+                for code, (pos, h) in self._chain_head.items()}
+
+    @_guarded("appending a chained row")
+    def chain_insert(self, name: str, sql: str, params: Sequence[Any]) -> int:
+        """Insert one row with `sql` and link it into the chain `name` (registered in chain.EXTRA_CHAINS: its
+        table, a SELECT by id range, an encoder) in the same transaction; returns the row id. For tables
+        outside the commit path, e.g. the configuration history (issue 11 item 2)."""
+        spec = chain.EXTRA_CHAINS[name]
+        db = self._db
+        if spec.code not in self._chain_head:
+            self._chain_open()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rid = db.execute(sql, params).lastrowid
+            row = db.execute(spec.select, (rid, rid)).fetchone()
+            enc = spec.encode(*row[1:])
+            h = chain.link_hash(self._chain_head[spec.code][1], chain.single_header(name, 1), [enc])
+            db.execute("INSERT INTO chain_links (chain, first_id, last_id, hash, tags) VALUES (?,?,?,?,?)",
+                       (spec.code, rid, rid, h, chain.tags_blob([chain.tag(enc)])))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._chain_head[spec.code] = (int(rid), h)
+        return int(rid)
 
     def _seq_total(self) -> int:
         """How many messages this store has ever numbered (the sum of every stream's last seq): it only
@@ -340,6 +404,14 @@ class Store:
 
         cfg = label(cv) if by_instrument else None
         qcodes, ccodes = QUALITY_CODES, CALIBRATION_CODES
+        # The hash chain (gateway/chain.py): a reading's encoding is a cached prefix per (series, code) and
+        # its packed time and value; one SHA-256 per message over the header and the rows.
+        links: list[tuple[object, ...]] = []
+        heads = self._chain_head
+        prev_r = heads[chain.CHAIN_READINGS][1]
+        prefixes = self._chain_prefix
+        tail, crc, sha256 = _TAIL_PACK, zlib.crc32, hashlib.sha256
+        cv_text = chain.text(cv)
         for instrument, items in by_instrument.items():
             stream = f"{instrument}/{KIND_READINGS}"
             seq = seq_updates.get(stream, self._seq.get(stream, 0))
@@ -347,6 +419,8 @@ class Store:
                 chunk = items[start : start + per_message]
                 first = rid
                 lo = hi = chunk[0].ts_ms
+                encs: list[bytes] = []
+                tags: list[int] = []
                 for r in chunk:
                     ts = r.ts_ms
                     if ts < lo:
@@ -361,12 +435,25 @@ class Store:
                     reason = labels.get(r.reason) if r.reason else 0
                     if reason is None:
                         reason = label(r.reason)
-                    rows.append((rid, sid, ts, r.value,
-                                 qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4))
+                    code = qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4
+                    v = r.value
+                    rows.append((rid, sid, ts, v, code))
+                    pre = prefixes.get((sid, code))
+                    if pre is None:
+                        pre = prefixes[(sid, code)] = chain.reading_prefix(
+                            instrument, r.point, r.unit, r.quality, r.calibration, r.reason)
+                    enc = pre + (tail(ts, 1, v + 0.0) if v is not None and v == v else tail(ts, 0, 0.0))
+                    encs.append(enc)
+                    tags.append(crc(enc) & 0xFFFF)
                     rid += 1
                 seq += 1
+                h = sha256(prev_r)
+                h.update(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, len(chunk)) + cv_text)
+                h.update(b"".join(encs))
+                prev_r = h.digest()
+                links.append((chain.CHAIN_READINGS, first, rid - 1, prev_r, chain.tags_blob(tags)))
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi))
-                outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk))
+                outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk, rid - 1, prev_r))
                 mid += 1
             seq_updates[stream] = seq
         rec_rows: list[tuple[object, ...]] = []
@@ -374,19 +461,25 @@ class Store:
         by_stream: dict[tuple[str, str], list[Derived]] = {}
         for d in derived:
             by_stream.setdefault((d.instrument, d.kind), []).append(d)
+        prev_d = heads[chain.CHAIN_RECORDS][1]
         for (instrument, kind), items in by_stream.items():
             stream = f"{instrument}/{kind}"
             seq = seq_updates.get(stream, self._seq.get(stream, 0))
             for start in range(0, len(items), per_message):
                 chunk = items[start : start + per_message]
                 first = recid
+                encs = []
                 for d in chunk:
-                    rec_rows.append((recid, d.kind, d.instrument, d.point, d.ts_ms,
-                                     json.dumps(d.body, separators=(",", ":"), allow_nan=False), cv, now_ms))
+                    body = json.dumps(d.body, separators=(",", ":"), allow_nan=False)
+                    rec_rows.append((recid, d.kind, d.instrument, d.point, d.ts_ms, body, cv, now_ms))
+                    encs.append(chain.record_row(d.kind, d.instrument, d.point, d.ts_ms, body, cv, now_ms))
                     recid += 1
                 seq += 1
+                prev_d = chain.link_hash(prev_d, chain.records_header(kind, instrument, seq, now_ms, len(chunk)), encs)
+                links.append((chain.CHAIN_RECORDS, first, recid - 1, prev_d,
+                              chain.tags_blob([chain.tag(e) for e in encs])))
                 msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None, None, None))
-                outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk]))
+                outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk], recid - 1, prev_d))
                 mid += 1
             seq_updates[stream] = seq
         db = self._db
@@ -405,6 +498,8 @@ class Store:
                 db.executemany("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, "
                                "created_ms, config, min_ts, max_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)", msgs)
                 db.executemany("INSERT INTO pending (message_id) VALUES (?)", [(m[0],) for m in msgs])
+                db.executemany("INSERT INTO chain_links (chain, first_id, last_id, hash, tags) VALUES (?,?,?,?,?)",
+                               links)
                 db.executemany("INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                                "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
                                list(seq_updates.items()))
@@ -424,6 +519,11 @@ class Store:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: commit failed: {err}{_corrupt_hint(err, self.path)}") from err
         self._next_reading_id, self._next_message_id, self._next_record_id = rid, mid, recid
+        if links:
+            if by_instrument:
+                heads[chain.CHAIN_READINGS] = (rid - 1, prev_r)
+            if rec_rows:
+                heads[chain.CHAIN_RECORDS] = (recid - 1, prev_d)
         self._seq.update(seq_updates)
         series.update(new_series)
         labels.update(new_labels)
@@ -503,8 +603,14 @@ class Store:
         return out
 
     def _load(self, after_id: int, up_to_id: int, limit: int) -> list[Outgoing]:
-        return [Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, self.message_rows(m))
-                for m in self.pending(after_id=after_id, up_to_id=up_to_id, limit=limit)]
+        out = []
+        for m in self.pending(after_id=after_id, up_to_id=up_to_id, limit=limit):
+            code = chain.CHAIN_READINGS if m.kind == KIND_READINGS else chain.CHAIN_RECORDS
+            link = self._db.execute("SELECT last_id, hash FROM chain_links WHERE chain = ? AND first_id = ?",
+                                    (code, m.first_id)).fetchone()
+            pos, h = (int(link[0]), bytes(link[1])) if link else (0, b"")  # a message from before schema 7
+            out.append(Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, self.message_rows(m), pos, h))
+        return out
 
     def ack(self, ids: Iterable[int]) -> None:
         """These messages were delivered (PUBACK): never offered again; recorded with the next transaction."""
@@ -750,21 +856,39 @@ class Store:
             # A reading's commit time is its message's (schema 5 keeps it once per message).
             old_last = db.execute("SELECT MAX(last_id) FROM messages WHERE kind = 'readings' AND created_ms < ?",
                                   (older_than_ms,)).fetchone()[0]
-            cut = min(bound, (old_last or 0) + 1)
+            cut = min(bound, (old_last or 0) + 1)  # a message boundary, so a chain link boundary
             cur = db.execute("DELETE FROM samples WHERE id < ?", (cut,))
+            self._chain_prune(chain.CHAIN_READINGS, cut)
             db.execute("DELETE FROM messages WHERE id < ? AND created_ms < ?", (msg_bound, older_than_ms))
             min_pending_rec = db.execute(
                 "SELECT MIN(m.first_id) FROM pending p JOIN messages m ON m.id = p.message_id "
                 "WHERE m.kind != 'readings'").fetchone()[0]
             rec_bound = min_pending_rec if min_pending_rec is not None else self._next_record_id
             # Substitutes and aggregates are the reporting basis: kept as long as the raw readings are.
-            db.execute("DELETE FROM records WHERE id < ? AND stored_ms < ?", (rec_bound, older_than_ms))
+            # The oldest records only (ids in commit order): the records chain stays a suffix of itself.
+            young = db.execute("SELECT MIN(id) FROM records WHERE stored_ms >= ?", (older_than_ms,)).fetchone()[0]
+            rec_cut = min(rec_bound, young if young is not None else self._next_record_id)
+            db.execute("DELETE FROM records WHERE id < ?", (rec_cut,))
+            self._chain_prune(chain.CHAIN_RECORDS, rec_cut)
             db.execute("COMMIT")
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: prune failed: {err}") from err
         return cur.rowcount
+
+    def _chain_prune(self, code: int, cut: int) -> None:
+        """Inside a pruning transaction: the chain's links wholly below `cut` go, and the chain's anchor keeps
+        the hash of the last of them, so `verify` checks the retained part from there."""
+        db = self._db
+        row = db.execute("SELECT last_id, hash FROM chain_links WHERE chain = ? AND last_id < ? "
+                         "ORDER BY first_id DESC LIMIT 1", (code, cut)).fetchone()
+        if row is None:
+            return
+        name = chain.NAMES[code]
+        anchor = read_anchor(db, name)
+        db.execute("DELETE FROM chain_links WHERE chain = ? AND last_id < ?", (code, cut))
+        write_anchor(db, name, Anchor(anchor.start if anchor else 1, int(row[0]), bytes(row[1])))
 
     @_guarded("measuring the store")
     def used_bytes(self) -> int:
@@ -796,9 +920,13 @@ class Store:
                 return removed  # nothing delivered left to delete
             per_reading = used / max(1, self._next_reading_id - lo)
             n = min(bound - lo, chunk, int((used - target) / per_reading) + 1)
-            cut = lo + n
+            # Up to the end of the chain link (message) the cut falls in, so no link is left half pruned.
+            end = db.execute("SELECT MIN(last_id) FROM chain_links WHERE chain = ? AND last_id >= ?",
+                             (chain.CHAIN_READINGS, lo + n - 1)).fetchone()[0]
+            cut = min(bound, lo + n if end is None else end + 1)
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute("DELETE FROM samples WHERE id < ?", (cut,))
+            self._chain_prune(chain.CHAIN_READINGS, cut)
             db.execute("DELETE FROM messages WHERE kind = 'readings' AND last_id < ? AND id NOT IN "
                        "(SELECT message_id FROM pending)", (cut,))
             db.execute("COMMIT")
@@ -898,6 +1026,33 @@ def last_readings(db: sqlite3.Connection, points: Iterable[tuple[str, str]],
         for point, newest in last.items():
             out[(inst, point)] = (newest, good.get(point))
     return out
+
+
+# -- the hash chain's anchors (meta `chain:<name>`) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a chain is checked from: `start` is the first row id the chain ever covered (rows below it were
+    stored before schema 7), `last_id` and `hash` the last link before the retained ones (after pruning) or
+    start - 1 and the genesis hash."""
+
+    start: int
+    last_id: int
+    hash: bytes
+
+
+def read_anchor(db: sqlite3.Connection, name: str) -> Anchor | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (f"chain:{name}",)).fetchone()
+    if not row:
+        return None
+    start, last_id, h = str(row[0]).split()
+    return Anchor(int(start), int(last_id), bytes.fromhex(h))
+
+
+def write_anchor(db: sqlite3.Connection, name: str, anchor: Anchor) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+               (f"chain:{name}", f"{anchor.start} {anchor.last_id} {anchor.hash.hex()}"))
 
 
 # -- identity and integrity helpers (also used by `carbon-gateway store ...`) -----------------------

@@ -22,7 +22,7 @@ from gateway.store import Store, check_lines, run_check
 # Tables copied by `recover`, parents first. `meta` is merged by key (the new store keeps its own epoch and
 # schema version).
 TABLES = ("series", "labels", "samples", "readings", "records", "messages", "pending", "streams", "ingested",
-          "rules_state", "config_history")
+          "rules_state", "config_history", "chain_links")
 # How the report names a table: the integer-coded `samples` are the store's readings (schema 5); a
 # `readings` table (an older store) is copied through the view of the same name, which codes each row.
 REPORT_NAMES = {"samples": "readings"}

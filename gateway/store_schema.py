@@ -8,9 +8,9 @@ into which per-instrument `seq` (also append-only, so a seq can be replayed iden
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData()
 
@@ -178,6 +178,25 @@ config_history = Table(
     Column("manifest", Text, nullable=False),
 )
 
+# The hash chain (schema 8, issue 11; gateway/chain.py, docs/hash-chain.md): one row per link, a run of consecutive
+# row ids of the chain's table (readings: one readings message; records: one derived-records message; config:
+# one configuration change), with the link's SHA-256 and a 16-bit tag per row (to name an edited row). Where each
+# chain starts (and, after retention, the hash of its last pruned link) is in `meta` under `chain:<name>`.
+# WITHOUT ROWID: the (chain, first_id) key is the table; about 80 bytes a link, 4 bytes a reading at 20 a message.
+CHAIN_LINKS_DDL = ("CREATE TABLE IF NOT EXISTS chain_links (chain INTEGER NOT NULL, first_id INTEGER NOT NULL, "
+                   "last_id INTEGER NOT NULL, hash BLOB NOT NULL, tags BLOB NOT NULL, "
+                   "PRIMARY KEY (chain, first_id)) WITHOUT ROWID")
+chain_links = Table(
+    "chain_links",
+    metadata,
+    Column("chain", Integer, primary_key=True),
+    Column("first_id", Integer, primary_key=True),
+    Column("last_id", Integer, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("tags", LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 # The store's identity lives in `meta` under key `epoch` (a uuid4 hex made with the store; schema 3 gives
 # one to older stores on open): subscribers deduplicate by (instrument, epoch, seq).
 
@@ -238,6 +257,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE IF NOT EXISTS config_history (id INTEGER NOT NULL PRIMARY KEY, version TEXT NOT NULL, "
         "started_ms INTEGER NOT NULL, cause TEXT NOT NULL, user TEXT NOT NULL, pid INTEGER NOT NULL, "
         "host TEXT NOT NULL, previous TEXT, changes TEXT NOT NULL, manifest TEXT NOT NULL)",
+    ],
+    [
+        # 7 -> 8: the hash chain. Existing rows are not chained: each chain starts after the newest row the
+        # store has when it first opens at schema 8 (`meta` chain:<name>, written by Store on open). A chain
+        # made now over old rows would certify rows that were never protected (they may have been edited
+        # before), and would make the upgrade read every row at start-up; `verify` counts them as
+        # "before the chain".
+        CHAIN_LINKS_DDL,
     ],
 ]
 

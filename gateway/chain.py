@@ -1,0 +1,136 @@
+"""The hash chain over the store's records (issue 11 item 1; standard 9.3.2 c, 10.2.1 a, 10.3.1): pure encoding.
+
+Every raw reading and every derived record is covered by a SHA-256 chain, so an edit, a deletion or an
+insertion made behind the gateway's back (with the `sqlite3` shell, say) is found by `carbon-gateway verify`,
+and the heads published on MQTT let the central side prove it later. docs/hash-chain.md is the reference
+a third party recomputes it from; this module is its only implementation in the gateway.
+
+Three chains per store, one per retention class, so deleting the oldest delivered data keeps every chain
+a suffix of itself (retention deletes readings by size, derived records only by age):
+  readings: the `samples` rows, one link per readings message (per-instrument, <= readings_per_message rows);
+  records:  the `records` rows (events, aggregates, substitutes, corrections), one link per message;
+  config:   configuration changes (`Store.chain_insert`, one link per row; the config-history table).
+A link is a run of consecutive row ids of its table: h = SHA-256(h_prev || header || row || row ...).
+The link stores h and a 16-bit tag per row (the low 16 bits of the row encoding's CRC-32): the tags only
+let `verify` name which row of a broken link was edited; the SHA-256 chain is the protection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+VERSION = 1
+GENESIS_LABEL = b"carbon-gateway/chain/1"
+
+CHAIN_READINGS = 1
+CHAIN_RECORDS = 2
+CHAIN_CONFIG = 3
+
+QUALITY = {"good": 0, "uncertain": 1, "bad": 2}
+CALIBRATION = {"valid": 0, "due_soon": 1, "expired": 2, "unknown": 3}
+
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+TAIL = struct.Struct("<qBd")  # a reading's ts_ms, value present (0/1), value (binary64; 0.0 when absent)
+HEADER_NUM = struct.Struct("<qqI")  # seq, created_ms, row count
+
+
+def text(s: str) -> bytes:
+    """A string: u32 little-endian byte length, then its UTF-8 bytes."""
+    b = s.encode()
+    return _U32.pack(len(b)) + b
+
+
+def genesis(epoch: str, chain: str) -> bytes:
+    """The hash before a chain's first link: binds the chain to its store and its name."""
+    return hashlib.sha256(GENESIS_LABEL + b"\x00" + epoch.encode() + b"\x00" + chain.encode()).digest()
+
+
+def value_tail(ts_ms: int, value: float | None) -> bytes:
+    """ts_ms and value. NaN is absent (SQLite stores it as NULL); -0.0 is 0.0 (SQLite may store it so)."""
+    if value is None or value != value:
+        return TAIL.pack(ts_ms, 0, 0.0)
+    return TAIL.pack(ts_ms, 1, value + 0.0)
+
+
+def reading_prefix(instrument: str, point: str, unit: str, quality: str, calibration: str, reason: str) -> bytes:
+    """Everything of a reading but its time and value (the store caches it per series and code)."""
+    return (text(instrument) + text(point) + text(unit) + _U8.pack(QUALITY[quality])
+            + _U8.pack(CALIBRATION[calibration]) + text(reason))
+
+
+def reading_row(instrument: str, point: str, unit: str, quality: str, calibration: str, reason: str,
+                ts_ms: int, value: float | None) -> bytes:
+    return reading_prefix(instrument, point, unit, quality, calibration, reason) + value_tail(ts_ms, value)
+
+
+def readings_header(instrument: str, seq: int, created_ms: int, config_version: str, n: int) -> bytes:
+    """A readings link's header: its message (instrument, seq, commit time, configuration version), row count."""
+    return b"R" + text(instrument) + HEADER_NUM.pack(seq, created_ms, n) + text(config_version)
+
+
+def records_header(kind: str, instrument: str, seq: int, created_ms: int, n: int) -> bytes:
+    return b"D" + text(kind) + text(instrument) + HEADER_NUM.pack(seq, created_ms, n)
+
+
+def record_row(kind: str, instrument: str, point: str, ts_ms: int, body: str, config_version: str,
+               stored_ms: int) -> bytes:
+    """A derived record: every column of its `records` row (the body as the stored JSON text)."""
+    return (text(kind) + text(instrument) + text(point) + _I64.pack(ts_ms) + text(config_version)
+            + _I64.pack(stored_ms) + text(body))
+
+
+def single_header(chain: str, n: int) -> bytes:
+    """The header of a link that is not a message (configuration changes): the chain's name and row count."""
+    return b"C" + text(chain) + _U32.pack(n)
+
+
+def tag(row: bytes) -> int:
+    return zlib.crc32(row) & 0xFFFF
+
+
+def tags_blob(tags: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(tags)}H", *tags)
+
+
+def tags_of(blob: bytes) -> tuple[int, ...]:
+    return struct.unpack(f"<{len(blob) // 2}H", blob)
+
+
+def link_hash(prev: bytes, header: bytes, rows: Sequence[bytes]) -> bytes:
+    h = hashlib.sha256(prev)
+    h.update(header)
+    h.update(b"".join(rows))
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpec:
+    """How `verify` reads a chain's rows back: `select` takes (first_id, last_id) and yields rows whose first
+    column is the id; `encode` turns the other columns into the row encoding."""
+
+    code: int
+    name: str
+    table: str
+    select: str
+    encode: Callable[..., bytes]
+
+
+def _encode_record(kind: str, instrument: str, point: str, ts_ms: int, body: str, config_version: str,
+                   stored_ms: int) -> bytes:
+    return record_row(kind, instrument, point, ts_ms, body, config_version, stored_ms)
+
+
+# Chains whose rows are not messages (one link per row, `Store.chain_insert`): name -> spec. The
+# configuration-history table (issue 11 item 2) registers here when it lands: a SELECT of its columns by id
+# range and an encoder of them, documented in docs/hash-chain.md.
+EXTRA_CHAINS: dict[str, ChainSpec] = {}
+
+NAMES = {CHAIN_READINGS: "readings", CHAIN_RECORDS: "records", CHAIN_CONFIG: "config"}
+CODES = {name: code for code, name in NAMES.items()}
+TABLES = {CHAIN_READINGS: "samples", CHAIN_RECORDS: "records"}

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Recompute a carbon-gateway store's hash chains with the standard library only (docs/hash-chain.md).
+
+Independent of the gateway's code on purpose: a third party can read it against the document, run it on a
+copy of a store, and compare the heads it prints with the heads the gateway published on MQTT.
+
+    python3 tools/chain_check.py STORE.db        # prints each chain's head; exit 1 at the first mismatch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import struct
+import sys
+import zlib
+
+QUALITY = {0: 0, 1: 1, 2: 2, 3: 2}  # the store's quality code -> the chain's (3 is read as bad)
+
+
+def text(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<I", len(b)) + b
+
+
+def genesis(epoch: str, chain: str) -> bytes:
+    return hashlib.sha256(b"carbon-gateway/chain/1\x00" + epoch.encode() + b"\x00" + chain.encode()).digest()
+
+
+def reading_row(instrument: str, point: str, unit: str, quality: int, calibration: int, reason: str,
+                ts_ms: int, value: float | None) -> bytes:
+    present = value is not None and value == value
+    return (text(instrument) + text(point) + text(unit) + bytes([quality, calibration]) + text(reason)
+            + struct.pack("<qBd", ts_ms, 1 if present else 0, (value + 0.0) if present else 0.0))
+
+
+def readings_header(instrument: str, seq: int, created_ms: int, config_version: str, n: int) -> bytes:
+    return b"R" + text(instrument) + struct.pack("<qqI", seq, created_ms, n) + text(config_version)
+
+
+def record_row(kind: str, instrument: str, point: str, ts_ms: int, body: str, config_version: str,
+               stored_ms: int) -> bytes:
+    return (text(kind) + text(instrument) + text(point) + struct.pack("<q", ts_ms) + text(config_version)
+            + struct.pack("<q", stored_ms) + text(body))
+
+
+def records_header(kind: str, instrument: str, seq: int, created_ms: int, n: int) -> bytes:
+    return b"D" + text(kind) + text(instrument) + struct.pack("<qqI", seq, created_ms, n)
+
+
+def link_hash(prev: bytes, header: bytes, rows: list[bytes]) -> bytes:
+    return hashlib.sha256(prev + header + b"".join(rows)).digest()
+
+
+def row_tag(row: bytes) -> int:
+    return zlib.crc32(row) & 0xFFFF
+
+
+def check_store(path: str) -> list[str]:
+    """One line per chain ('<name> <last row id> <hash hex>'), or raises ValueError at the first mismatch."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.execute("BEGIN")
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    series = {i: (a, b, c) for i, a, b, c in db.execute("SELECT id, instrument, point, unit FROM series")}
+    labels = dict(db.execute("SELECT id, text FROM labels"))
+    out = []
+    for code, name in ((1, "readings"), (2, "records")):
+        _start, last, h = meta[f"chain:{name}"].split()
+        prev, expect = bytes.fromhex(h), int(last) + 1
+        for first, last_id, stored in db.execute(
+                "SELECT first_id, last_id, hash FROM chain_links WHERE chain = ? AND first_id > ? ORDER BY first_id",
+                (code, int(last))).fetchall():
+            if first != expect:
+                raise ValueError(f"{name}: rows {expect}..{first - 1} have no link")
+            n = last_id - first + 1
+            if code == 1:
+                inst, seq, created, cfg = db.execute(
+                    "SELECT m.instrument, m.seq, m.created_ms, l.text FROM messages m JOIN labels l ON l.id = m.config "
+                    "WHERE m.kind = 'readings' AND m.first_id = ? AND m.last_id = ?", (first, last_id)).fetchone()
+                header = readings_header(inst, seq, created, cfg, n)
+                rows = [reading_row(*series[s], QUALITY[c & 3], (c >> 2) & 3, labels[c >> 4], ts, v)
+                        for s, ts, v, c in db.execute("SELECT series, ts_ms, value, code FROM samples "
+                                                      "WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
+            else:
+                kind, inst, seq, created = db.execute(
+                    "SELECT kind, instrument, seq, created_ms FROM messages WHERE kind != 'readings' "
+                    "AND first_id = ? AND last_id = ?", (first, last_id)).fetchone()
+                header = records_header(kind, inst, seq, created, n)
+                rows = [record_row(*r) for r in db.execute(
+                    "SELECT kind, instrument, point, ts_ms, body, config_version, stored_ms FROM records "
+                    "WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
+            if len(rows) != n:
+                raise ValueError(f"{name}: link {first}..{last_id} has {len(rows)} of its {n} rows")
+            prev = link_hash(prev, header, rows)
+            if prev != bytes(stored):
+                raise ValueError(f"{name}: link {first}..{last_id}: recomputed {prev.hex()}, "
+                                 f"stored {bytes(stored).hex()}")
+            expect = last_id + 1
+        out.append(f"{name} {expect - 1} {prev.hex()}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        for line in check_store(sys.argv[1]):
+            print(line)
+    except (ValueError, TypeError, KeyError) as err:
+        print(f"BROKEN: {err}")
+        sys.exit(1)
