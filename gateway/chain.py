@@ -10,9 +10,11 @@ a suffix of itself (retention deletes readings by size, derived records only by 
   readings: the `samples` rows, one link per readings message (per-instrument, <= readings_per_message rows);
   records:  the `records` rows (events, aggregates, substitutes, corrections), one link per message;
   config:   configuration changes (`Store.chain_insert`, one link per row; the config-history table).
-A link is a run of consecutive row ids of its table: h = SHA-256(h_prev || header || row || row ...).
-The link stores h and a 16-bit tag per row (the low 16 bits of the row encoding's CRC-32): the tags only
-let `verify` name which row of a broken link was edited; the SHA-256 chain is the protection.
+A link is a run of consecutive row ids of its table: h = SHA-256(h_prev || header || rows). A readings link
+encodes its rows by column (every reading's text fields, then every time, then every value), so the commit
+packs times and values once per message, not once per reading. The link also stores a 16-bit tag per row,
+a cheap digest that only lets `verify` name which row of a broken link was edited (the SHA-256 chain is the
+protection; a third party recomputing the chain ignores the tags).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ CALIBRATION = {"valid": 0, "due_soon": 1, "expired": 2, "unknown": 3}
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
-TAIL = struct.Struct("<qBd")  # a reading's ts_ms, value present (0/1), value (binary64; 0.0 when absent)
+# An absent value (null, or NaN, which SQLite stores as NULL) is this quiet NaN in the values column.
+ABSENT = struct.unpack("<d", bytes.fromhex("000000000000f87f"))[0]
 HEADER_NUM = struct.Struct("<qqI")  # seq, created_ms, row count
 
 
@@ -51,11 +54,19 @@ def genesis(epoch: str, chain: str) -> bytes:
     return hashlib.sha256(GENESIS_LABEL + b"\x00" + epoch.encode() + b"\x00" + chain.encode()).digest()
 
 
-def value_tail(ts_ms: int, value: float | None) -> bytes:
-    """ts_ms and value. NaN is absent (SQLite stores it as NULL); -0.0 is 0.0 (SQLite may store it so)."""
+def canonical_value(value: float | None) -> float:
+    """The value as the chain encodes it: ABSENT for null or NaN, -0.0 as 0.0 (SQLite may store it so)."""
     if value is None or value != value:
-        return TAIL.pack(ts_ms, 0, 0.0)
-    return TAIL.pack(ts_ms, 1, value + 0.0)
+        return ABSENT
+    return value + 0.0
+
+
+def reading_tag(prefix_crc: int, ts_ms: int, value: float) -> int:
+    """A reading's 16-bit tag from the CRC-32 of its prefix, its time and canonical value (Python's hash of
+    ints and floats is not randomised; NaN's is, hence the absent case without it)."""
+    if value != value:
+        return hash((prefix_crc, ts_ms)) & 0xFFFF
+    return hash((prefix_crc, ts_ms, value)) & 0xFFFF
 
 
 def reading_prefix(instrument: str, point: str, unit: str, quality: str, calibration: str, reason: str) -> bytes:
@@ -64,9 +75,10 @@ def reading_prefix(instrument: str, point: str, unit: str, quality: str, calibra
             + _U8.pack(CALIBRATION[calibration]) + text(reason))
 
 
-def reading_row(instrument: str, point: str, unit: str, quality: str, calibration: str, reason: str,
-                ts_ms: int, value: float | None) -> bytes:
-    return reading_prefix(instrument, point, unit, quality, calibration, reason) + value_tail(ts_ms, value)
+def readings_rows(prefixes: Sequence[bytes], times: Sequence[int], values: Sequence[float]) -> bytes:
+    """A readings link's rows by column: every prefix, then every ts_ms (i64), then every canonical value (f64)."""
+    n = len(times)
+    return b"".join(prefixes) + struct.pack(f"<{n}q", *times) + struct.pack(f"<{n}d", *values)
 
 
 def readings_header(instrument: str, seq: int, created_ms: int, config_version: str, n: int) -> bytes:
@@ -91,6 +103,7 @@ def single_header(chain: str, n: int) -> bytes:
 
 
 def tag(row: bytes) -> int:
+    """A record's (or configuration change's) 16-bit tag: the low bits of its encoding's CRC-32."""
     return zlib.crc32(row) & 0xFFFF
 
 
@@ -103,6 +116,8 @@ def tags_of(blob: bytes) -> tuple[int, ...]:
 
 
 def link_hash(prev: bytes, header: bytes, rows: Sequence[bytes]) -> bytes:
+    """SHA-256(prev || header || rows...): `rows` are the row encodings of a records or config link, or the one
+    `readings_rows` block of a readings link."""
     h = hashlib.sha256(prev)
     h.update(header)
     h.update(b"".join(rows))

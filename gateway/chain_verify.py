@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,8 +71,11 @@ class Result:
 @dataclass(frozen=True, slots=True)
 class _Row:
     id: int
-    enc: bytes
+    enc: bytes  # a reading's prefix (text fields), or a record's whole encoding
     desc: str
+    tag: int
+    ts: int = 0  # readings: the time and canonical value (the link encodes them by column)
+    value: float = 0.0
 
 
 def _ms(ts: object) -> str:
@@ -97,11 +101,18 @@ class _Readings:
                     else f"series {sid} at {_ms(ts)}, value {value}")
             try:
                 reason = self.labels[code >> 4]
-                enc = chain.reading_row(*names, _QUALITY[code & 3], _CALIBRATION[(code >> 2) & 3], reason,  # type: ignore[misc]
-                                        ts, value)
-            except (KeyError, TypeError, ValueError, struct.error):
-                enc = _BAD
-            yield _Row(rid, enc, desc)
+                enc = chain.reading_prefix(*names, _QUALITY[code & 3], _CALIBRATION[(code >> 2) & 3], reason)  # type: ignore[misc]
+                ts, v = int(ts), chain.canonical_value(float(value) if value is not None else None)
+                struct.pack("<q", ts)
+            except (KeyError, TypeError, ValueError, OverflowError, struct.error):
+                yield _Row(rid, _BAD, desc, -1)
+                continue
+            yield _Row(rid, enc, desc, chain.reading_tag(zlib.crc32(enc), ts, v), ts, v)
+
+    def block(self, rows: list[_Row]) -> bytes:
+        if any(r.enc is _BAD for r in rows):
+            return _BAD
+        return chain.readings_rows([r.enc for r in rows], [r.ts for r in rows], [r.value for r in rows])
 
     def header(self, first: int, last: int, n: int) -> tuple[bytes, str] | None:
         row = self.db.execute(
@@ -133,7 +144,10 @@ class _Records(_Readings):
                 enc = chain.record_row(kind, inst, point, ts, body, cv, stored)
             except (TypeError, ValueError, AttributeError, struct.error):
                 enc = _BAD
-            yield _Row(rid, enc, f"{kind} of {inst} {point} at {_ms(ts)}")
+            yield _Row(rid, enc, f"{kind} of {inst} {point} at {_ms(ts)}", chain.tag(enc) if enc is not _BAD else -1)
+
+    def block(self, rows: list[_Row]) -> bytes:
+        return b"".join(r.enc for r in rows)
 
     def header(self, first: int, last: int, n: int) -> tuple[bytes, str] | None:
         marks = ",".join("?" * len(DERIVED_KINDS))
@@ -164,7 +178,10 @@ class _Extra(_Readings):
                 enc = self.spec.encode(*row[1:])
             except (TypeError, ValueError, AttributeError, struct.error):
                 enc = _BAD
-            yield _Row(int(row[0]), enc, f"{self.table} row")
+            yield _Row(int(row[0]), enc, f"{self.table} row", chain.tag(enc) if enc is not _BAD else -1)
+
+    def block(self, rows: list[_Row]) -> bytes:
+        return b"".join(r.enc for r in rows)
 
     def header(self, first: int, last: int, n: int) -> tuple[bytes, str] | None:
         return chain.single_header(self.name, n), f"rows {first}..{last}"
@@ -263,11 +280,11 @@ def _walk(db: sqlite3.Connection, w: _Readings, report: ChainReport, lo_ms: int 
         if head is None:
             return Problem(name, "messages", None, "deleted",
                            f"the message of chain link {first}..{last} is missing or its row range was changed")
-        h = chain.link_hash(prev_hash, head[0], [r.enc for r in got])
+        h = chain.link_hash(prev_hash, head[0], [w.block(got)])
         if h != stored:
             tags = chain.tags_of(stored_tags := bytes(tags_blob))
             for r, t in zip(got, tags, strict=False):
-                if chain.tag(r.enc) != t:
+                if r.tag != t:
                     return Problem(name, table, r.id, "edited",
                                    f"{r.desc}: its content is not what was chained ({where})")
             hint = ("the link's tags were changed as well" if len(stored_tags) != 2 * len(got)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import time
 import uuid
 import zlib
@@ -49,7 +50,6 @@ from gateway.store_schema import (
 log = logging.getLogger("gateway.store")
 
 KIND_READINGS = "readings"
-_TAIL_PACK = chain.TAIL.pack  # the commit path packs a reading's time and value itself (no call per reading)
 _HEADER_PACK = chain.HEADER_NUM.pack
 _QUALITY_NAMES = {code: name for name, code in QUALITY_CODES.items()} | {3: "bad"}
 _CALIBRATION_NAMES = {code: name for name, code in CALIBRATION_CODES.items()}
@@ -404,13 +404,14 @@ class Store:
 
         cfg = label(cv) if by_instrument else None
         qcodes, ccodes = QUALITY_CODES, CALIBRATION_CODES
-        # The hash chain (gateway/chain.py): a reading's encoding is a cached prefix per (series, code) and
-        # its packed time and value; one SHA-256 per message over the header and the rows.
+        # The hash chain (gateway/chain.py), by column: per reading, its text fields' encoding (cached per
+        # (series, code) with its CRC), time and canonical value go into lists and its tag is one tuple hash;
+        # per message, one pack of the times, one of the values and one SHA-256.
         links: list[tuple[object, ...]] = []
         heads = self._chain_head
         prev_r = heads[chain.CHAIN_READINGS][1]
         prefixes = self._chain_prefix
-        tail, crc, sha256 = _TAIL_PACK, zlib.crc32, hashlib.sha256
+        sha256, pack, absent = hashlib.sha256, struct.pack, chain.ABSENT
         cv_text = chain.text(cv)
         for instrument, items in by_instrument.items():
             stream = f"{instrument}/{KIND_READINGS}"
@@ -419,7 +420,9 @@ class Store:
                 chunk = items[start : start + per_message]
                 first = rid
                 lo = hi = chunk[0].ts_ms
-                encs: list[bytes] = []
+                pres: list[bytes] = []
+                times: list[int] = []
+                vals: list[float] = []
                 tags: list[int] = []
                 for r in chunk:
                     ts = r.ts_ms
@@ -438,20 +441,29 @@ class Store:
                     code = qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4
                     v = r.value
                     rows.append((rid, sid, ts, v, code))
-                    pre = prefixes.get((sid, code))
-                    if pre is None:
-                        pre = prefixes[(sid, code)] = chain.reading_prefix(
-                            instrument, r.point, r.unit, r.quality, r.calibration, r.reason)
-                    enc = pre + (tail(ts, 1, v + 0.0) if v is not None and v == v else tail(ts, 0, 0.0))
-                    encs.append(enc)
-                    tags.append(crc(enc) & 0xFFFF)
+                    pc = prefixes.get((sid, code))
+                    if pc is None:
+                        pre = chain.reading_prefix(instrument, r.point, r.unit, r.quality, r.calibration, r.reason)
+                        pc = prefixes[(sid, code)] = (pre, zlib.crc32(pre))
+                    pres.append(pc[0])
+                    times.append(ts)
+                    if v is not None and v == v:
+                        v = v + 0.0
+                        vals.append(v)
+                        tags.append(hash((pc[1], ts, v)) & 0xFFFF)
+                    else:
+                        vals.append(absent)
+                        tags.append(hash((pc[1], ts)) & 0xFFFF)
                     rid += 1
                 seq += 1
+                n = len(chunk)
                 h = sha256(prev_r)
-                h.update(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, len(chunk)) + cv_text)
-                h.update(b"".join(encs))
+                h.update(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, n) + cv_text)
+                h.update(b"".join(pres))
+                h.update(pack(f"<{n}q", *times))
+                h.update(pack(f"<{n}d", *vals))
                 prev_r = h.digest()
-                links.append((chain.CHAIN_READINGS, first, rid - 1, prev_r, chain.tags_blob(tags)))
+                links.append((chain.CHAIN_READINGS, first, rid - 1, prev_r, pack(f"<{n}H", *tags)))
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi))
                 outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk, rid - 1, prev_r))
                 mid += 1

@@ -61,23 +61,26 @@ EXAMPLE_EPOCH = "0123456789abcdef0123456789abcdef"
 
 def example() -> tuple[bytes, bytes, bytes]:
     g = chain_check.genesis(EXAMPLE_EPOCH, "readings")
-    rows = [chain_check.reading_row("CEMS-01", "so2", "mg/m3", 0, 0, "", 1795488600000, 35.2),
-            chain_check.reading_row("CEMS-01", "so2", "mg/m3", 2, 0, "timeout", 1795488601000, None)]
+    rows = chain_check.readings_rows([("CEMS-01", "so2", "mg/m3", 0, 0, "", 1795488600000, 35.2),
+                                      ("CEMS-01", "so2", "mg/m3", 2, 0, "timeout", 1795488601000, None)])
     header = chain_check.readings_header("CEMS-01", 1, 1795488601250, "885f257d90673fa4", 2)
-    return g, header + b"".join(rows), chain_check.link_hash(g, header, rows)
+    return g, header + rows, chain_check.link_hash(g, header, [rows])
 
 
 def test_worked_example_in_the_document_is_what_both_implementations_compute() -> None:
     g, encoded, h = example()
     doc = (ROOT / "docs" / "hash-chain.md").read_text()
     assert g.hex() in doc
-    assert encoded.hex() in doc.replace("\n", "").replace(" ", "")
+    block = doc.split("Header and rows (157 bytes):")[1].split("hash = SHA-256")[0]
+    assert "".join(line.split()[0] for line in block.splitlines() if line.strip()) == encoded.hex()
     assert h.hex() in doc
-    rows = [chain.reading_row("CEMS-01", "so2", "mg/m3", "good", "valid", "", 1795488600000, 35.2),
-            chain.reading_row("CEMS-01", "so2", "mg/m3", "bad", "valid", "timeout", 1795488601000, None)]
+    rows = chain.readings_rows([chain.reading_prefix("CEMS-01", "so2", "mg/m3", "good", "valid", ""),
+                                chain.reading_prefix("CEMS-01", "so2", "mg/m3", "bad", "valid", "timeout")],
+                               [1795488600000, 1795488601000], [35.2, chain.canonical_value(None)])
     header = chain.readings_header("CEMS-01", 1, 1795488601250, "885f257d90673fa4", 2)
     assert chain.genesis(EXAMPLE_EPOCH, "readings") == g
-    assert chain.link_hash(g, header, rows) == h
+    assert header + rows == encoded
+    assert chain.link_hash(g, header, [rows]) == h
 
 
 def test_the_store_chains_what_the_standalone_script_recomputes(tmp_path: Path) -> None:
