@@ -141,10 +141,21 @@ def _encode_record(kind: str, instrument: str, point: str, ts_ms: int, body: str
     return record_row(kind, instrument, point, ts_ms, body, config_version, stored_ms)
 
 
-# Chains whose rows are not messages (one link per row, `Store.chain_insert`): name -> spec. The
-# configuration-history table (issue 11 item 2) registers here when it lands: a SELECT of its columns by id
-# range and an encoder of them, documented in docs/hash-chain.md.
-EXTRA_CHAINS: dict[str, ChainSpec] = {}
+def config_row(version: str, started_ms: int, cause: str, user: str, pid: int, host: str, previous: str | None,
+               changes: str, manifest: str) -> bytes:
+    """A configuration-history row (issue 11 item 2): every column; `previous` null is a 0 flag."""
+    return (text(version) + _I64.pack(started_ms) + text(cause) + text(user) + _I64.pack(pid) + text(host)
+            + (b"\x00" + text("") if previous is None else b"\x01" + text(previous)) + text(changes)
+            + text(manifest))
+
+
+# Chains whose rows are not messages (one link per row, `Store.chain_insert`): name -> spec, with a SELECT of
+# the table's columns by id range and an encoder of them (documented in docs/hash-chain.md).
+EXTRA_CHAINS: dict[str, ChainSpec] = {
+    "config": ChainSpec(CHAIN_CONFIG, "config", "config_history",
+                        "SELECT id, version, started_ms, cause, user, pid, host, previous, changes, manifest "
+                        "FROM config_history WHERE id >= ? AND id <= ? ORDER BY id", config_row),
+}
 
 NAMES = {CHAIN_READINGS: "readings", CHAIN_RECORDS: "records", CHAIN_CONFIG: "config"}
 CODES = {name: code for code, name in NAMES.items()}

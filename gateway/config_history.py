@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -232,9 +232,11 @@ def last_entry(db: sqlite3.Connection) -> tuple[str, dict[str, Any]] | None:
     return None if row is None else (str(row[0]), json.loads(row[1]))
 
 
-def record(db: sqlite3.Connection, version: str, new: dict[str, Any], *, cause: str, now_ms: int) -> Entry | None:
+def record(db: sqlite3.Connection, version: str, new: dict[str, Any], *, cause: str, now_ms: int,
+           link: Callable[[int], None] | None = None) -> Entry | None:
     """Append a row if `version` differs from the last recorded one (its own transaction); the new Entry,
-    or None when the configuration is the one already recorded last."""
+    or None when the configuration is the one already recorded last. `link(row id)` runs in the same
+    transaction (the store links the row into its hash chain)."""
     assert cause in CAUSES, cause
     last = last_entry(db)
     if last is not None and last[0] == version:
@@ -249,6 +251,8 @@ def record(db: sqlite3.Connection, version: str, new: dict[str, Any], *, cause: 
                          (version, now_ms, cause, entry.user, entry.pid, entry.host, entry.previous,
                           json.dumps(ch, sort_keys=True, separators=(",", ":")),
                           json.dumps(new, sort_keys=True, separators=(",", ":"))))
+        if link is not None:
+            link(int(cur.lastrowid or 0))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

@@ -283,25 +283,31 @@ class Store:
         """Insert one row with `sql` and link it into the chain `name` (registered in chain.EXTRA_CHAINS: its
         table, a SELECT by id range, an encoder) in the same transaction; returns the row id. For tables
         outside the commit path, e.g. the configuration history (issue 11 item 2)."""
-        spec = chain.EXTRA_CHAINS[name]
         db = self._db
-        if spec.code not in self._chain_head:
-            self._chain_open()
         db.execute("BEGIN IMMEDIATE")
         try:
-            rid = db.execute(sql, params).lastrowid
-            row = db.execute(spec.select, (rid, rid)).fetchone()
-            enc = spec.encode(*row[1:])
-            h = chain.link_hash(self._chain_head[spec.code][1], chain.single_header(name, 1), [enc])
-            db.execute("INSERT INTO chain_links (chain, first_id, last_id, hash, tags) VALUES (?,?,?,?,?)",
-                       (spec.code, rid, rid, h, chain.tags_blob([chain.tag(enc)])))
+            rid = int(db.execute(sql, params).lastrowid or 0)
+            self._chain_link_row(name, rid)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self._chain_head[spec.code] = (int(rid), h)
-        return int(rid)
+        return rid
+
+    def _chain_link_row(self, name: str, rid: int) -> None:
+        """Inside a transaction that has just inserted row `rid` of the chain `name`'s table: link it (the head
+        moves at once; a rollback after this is followed by no further use of the store's head)."""
+        spec = chain.EXTRA_CHAINS[name]
+        db = self._db
+        if spec.code not in self._chain_head:  # the table came with a migration after this store opened
+            self._chain_open()
+        row = db.execute(spec.select, (rid, rid)).fetchone()
+        enc = spec.encode(*row[1:])
+        h = chain.link_hash(self._chain_head[spec.code][1], chain.single_header(name, 1), [enc])
+        db.execute("INSERT INTO chain_links (chain, first_id, last_id, hash, tags) VALUES (?,?,?,?,?)",
+                   (spec.code, rid, rid, h, chain.tags_blob([chain.tag(enc)])))
+        self._chain_head[spec.code] = (rid, h)
 
     def _seq_total(self) -> int:
         """How many messages this store has ever numbered (the sum of every stream's last seq): it only
@@ -838,7 +844,8 @@ class Store:
     def record_config(self, version: str, manifest: dict[str, Any], *, cause: str,
                       now_ms: int) -> config_history.Entry | None:
         """Append the configuration to `config_history` if it differs from the last one recorded (issue 11)."""
-        return config_history.record(self._db, version, manifest, cause=cause, now_ms=now_ms)
+        return config_history.record(self._db, version, manifest, cause=cause, now_ms=now_ms,
+                                     link=functools.partial(self._chain_link_row, "config"))
 
     @_guarded("reading store statistics")
     def stats(self) -> StoreStats:

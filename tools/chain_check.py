@@ -59,6 +59,13 @@ def records_header(kind: str, instrument: str, seq: int, created_ms: int, n: int
     return b"D" + text(kind) + text(instrument) + struct.pack("<qqI", seq, created_ms, n)
 
 
+def config_row(version: str, started_ms: int, cause: str, user: str, pid: int, host: str, previous: str | None,
+               changes: str, manifest: str) -> bytes:
+    return (text(version) + struct.pack("<q", started_ms) + text(cause) + text(user) + struct.pack("<q", pid)
+            + text(host) + (b"\x00" + text("") if previous is None else b"\x01" + text(previous)) + text(changes)
+            + text(manifest))
+
+
 def link_hash(prev: bytes, header: bytes, rows: list[bytes]) -> bytes:
     return hashlib.sha256(prev + header + b"".join(rows)).digest()
 
@@ -71,7 +78,9 @@ def check_store(path: str) -> list[str]:
     series = {i: (a, b, c) for i, a, b, c in db.execute("SELECT id, instrument, point, unit FROM series")}
     labels = dict(db.execute("SELECT id, text FROM labels"))
     out = []
-    for code, name in ((1, "readings"), (2, "records")):
+    for code, name in ((1, "readings"), (2, "records"), (3, "config")):
+        if f"chain:{name}" not in meta:
+            continue
         _start, last, h = meta[f"chain:{name}"].split()
         prev, expect = bytes.fromhex(h), int(last) + 1
         for first, last_id, stored in db.execute(
@@ -91,6 +100,11 @@ def check_store(path: str) -> list[str]:
                 if len(got) != n:
                     raise ValueError(f"{name}: link {first}..{last_id} has {len(got)} of its {n} rows")
                 rows = [readings_rows(got)]
+            elif code == 3:
+                header = b"C" + text(name) + struct.pack("<I", n)
+                rows = [config_row(*r) for r in db.execute(
+                    "SELECT version, started_ms, cause, user, pid, host, previous, changes, manifest "
+                    "FROM config_history WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
             else:
                 kind, inst, seq, created = db.execute(
                     "SELECT kind, instrument, seq, created_ms FROM messages WHERE kind != 'readings' "
@@ -99,7 +113,7 @@ def check_store(path: str) -> list[str]:
                 rows = [record_row(*r) for r in db.execute(
                     "SELECT kind, instrument, point, ts_ms, body, config_version, stored_ms FROM records "
                     "WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
-            if code == 2 and len(rows) != n:
+            if code != 1 and len(rows) != n:
                 raise ValueError(f"{name}: link {first}..{last_id} has {len(rows)} of its {n} rows")
             prev = link_hash(prev, header, rows)
             if prev != bytes(stored):

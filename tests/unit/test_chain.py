@@ -19,6 +19,7 @@ from gateway.chain_verify import verify
 from gateway.cli import main
 from gateway.model import Calibration, Derived, Quality, Reading
 from gateway.store import Store
+from gateway.store_schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -97,6 +98,25 @@ def test_the_store_chains_what_the_standalone_script_recomputes(tmp_path: Path) 
     assert chain_check.check_store(str(path)) == [f"{name} {h['pos']} {h['hash']}" for name, h in heads.items()]
     assert heads["readings"]["pos"] == 24
     assert heads["records"]["pos"] == 3
+
+
+@needs_shell
+def test_configuration_changes_are_chained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.db"
+    store = fill(path)
+    store.record_config("cfg-1", {"instruments": {"A": {"poll_interval_s": 1}}}, cause="start", now_ms=T0)
+    store.record_config("cfg-2", {"instruments": {"A": {"poll_interval_s": 2}}}, cause="reload", now_ms=T0 + 1)
+    heads = store.chain_heads()
+    store.close()
+    assert heads["config"]["pos"] == 2
+    assert chain_check.check_store(str(path))[2] == f"config 2 {heads['config']['hash']}"
+    code, out = verify_line(path, capsys)
+    assert code == 0, out
+    assert "config chain: 2 links, 2 rows ok" in out
+    shell(path, "UPDATE config_history SET changes = '[]' WHERE id = 2")
+    code, out = verify_line(path, capsys)
+    assert code == 1
+    assert "config chain: config_history id 2: edited" in out
 
 
 def test_each_message_carries_its_link_live_and_from_the_backlog(tmp_path: Path) -> None:
@@ -209,6 +229,7 @@ def test_a_schema_6_store_migrates_and_the_chain_starts_after_its_rows(tmp_path:
     fill(path).close()
     with sqlite3.connect(path) as db:  # back to schema 6: no chain
         db.execute("DROP TABLE chain_links")
+        db.execute("DROP TABLE IF EXISTS config_history")
         db.execute("DELETE FROM meta WHERE key LIKE 'chain:%'")
         db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
         before = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
@@ -219,7 +240,7 @@ def test_a_schema_6_store_migrates_and_the_chain_starts_after_its_rows(tmp_path:
     store.commit(readings("A", 4, start=100), now_ms=T0 + 50_000, per_message=4)
     store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert db.execute("SELECT * FROM readings WHERE id <= 21 ORDER BY id").fetchall() == before
         assert db.execute("SELECT value FROM meta WHERE key = 'chain:readings'").fetchone()[0].split()[:2] == \
             ["22", "21"]
