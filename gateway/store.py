@@ -621,14 +621,15 @@ class Store:
         return out
 
     def _load(self, after_id: int, up_to_id: int, limit: int) -> list[Outgoing]:
-        out = []
-        for m in self.pending(after_id=after_id, up_to_id=up_to_id, limit=limit):
-            code = chain.CHAIN_READINGS if m.kind == KIND_READINGS else chain.CHAIN_RECORDS
-            link = self._db.execute("SELECT last_id, hash FROM chain_links WHERE chain = ? AND first_id = ?",
-                                    (code, m.first_id)).fetchone()
-            pos, h = (int(link[0]), bytes(link[1])) if link else (0, b"")  # a message from before schema 7
-            out.append(Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, self.message_rows(m), pos, h))
-        return out
+        return [Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, self.message_rows(m), *self._link_of(m))
+                for m in self.pending(after_id=after_id, up_to_id=up_to_id, limit=limit)]
+
+    def _link_of(self, m: Message) -> tuple[int, bytes]:
+        """The message's chain link (last row id, hash); (0, b"") for a message from before the chain."""
+        code = chain.CHAIN_READINGS if m.kind == KIND_READINGS else chain.CHAIN_RECORDS
+        link = self._db.execute("SELECT last_id, hash FROM chain_links WHERE chain = ? AND first_id = ?",
+                                (code, m.first_id)).fetchone()
+        return (int(link[0]), bytes(link[1])) if link else (0, b"")
 
     def ack(self, ids: Iterable[int]) -> None:
         """These messages were delivered (PUBACK): never offered again; recorded with the next transaction."""
@@ -751,7 +752,7 @@ class Store:
             body = self.message_rows(m)
             if len(body) != m.last_id - m.first_id + 1:
                 break  # pruned meanwhile: what is left of it is not the message that was sent
-            out.append(Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, body))
+            out.append(Outgoing(m.id, m.instrument, m.kind, m.seq, m.created_ms, body, *self._link_of(m)))
         return out
 
     @_guarded("finding a stream's seqs by time")

@@ -126,7 +126,10 @@ def test_each_message_carries_its_link_live_and_from_the_backlog(tmp_path: Path)
     store.close()
     store = Store(path)
     backlog = {(o.instrument, o.kind, o.seq): (o.chain_pos, o.chain_hash) for o in store.begin(100)}
+    replayed = {(o.instrument, o.kind, o.seq): (o.chain_pos, o.chain_hash)
+                for o in store.stream_messages("A", "readings", after_seq=0, up_to_seq=10)}
     store.close()
+    assert replayed == {k: v for k, v in live.items() if k[:2] == ("A", "readings")}
     assert backlog == live
     assert len(live) == 9
     with sqlite3.connect(path) as db:
