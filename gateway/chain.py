@@ -10,7 +10,7 @@ a suffix of itself (retention deletes readings by size, derived records only by 
   readings: the `samples` rows, one link per readings message (per-instrument, <= readings_per_message rows);
   records:  the `records` rows (events, aggregates, substitutes, corrections), one link per message;
   config:   configuration changes (`Store.chain_insert`, one link per row; the config-history table).
-A link is a run of consecutive row ids of its table: h = SHA-256(h_prev || header || rows). A readings link
+A link is a run of consecutive row ids of its table: h = SHA-256(h_prev || SHA-256(header || rows)). A readings link
 encodes its rows by column (every reading's text fields, then every time, then every value), so the commit
 packs times and values once per message, not once per reading. The link also stores a 16-bit tag per row,
 a cheap digest that only lets `verify` name which row of a broken link was edited (the SHA-256 chain is the
@@ -115,13 +115,22 @@ def tags_of(blob: bytes) -> tuple[int, ...]:
     return struct.unpack(f"<{len(blob) // 2}H", blob)
 
 
-def link_hash(prev: bytes, header: bytes, rows: Sequence[bytes]) -> bytes:
-    """SHA-256(prev || header || rows...): `rows` are the row encodings of a records or config link, or the one
+def content_digest(header: bytes, rows: Sequence[bytes]) -> bytes:
+    """SHA-256(header || rows...): `rows` are the row encodings of a records or config link, or the one
     `readings_rows` block of a readings link."""
-    h = hashlib.sha256(prev)
-    h.update(header)
+    h = hashlib.sha256(header)
     h.update(b"".join(rows))
     return h.digest()
+
+
+def chain_hash(prev: bytes, digest: bytes) -> bytes:
+    """A link's hash: SHA-256(previous link's hash || its content digest). Through the content digest a proof
+    can carry a link without its rows (an export of one instrument passes other instruments' links)."""
+    return hashlib.sha256(prev + digest).digest()
+
+
+def link_hash(prev: bytes, header: bytes, rows: Sequence[bytes]) -> bytes:
+    return chain_hash(prev, content_digest(header, rows))
 
 
 @dataclass(frozen=True, slots=True)

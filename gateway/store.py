@@ -463,12 +463,11 @@ class Store:
                     rid += 1
                 seq += 1
                 n = len(chunk)
-                h = sha256(prev_r)
-                h.update(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, n) + cv_text)
+                h = sha256(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, n) + cv_text)
                 h.update(b"".join(pres))
                 h.update(pack(f"<{n}q", *times))
                 h.update(pack(f"<{n}d", *vals))
-                prev_r = h.digest()
+                prev_r = sha256(prev_r + h.digest()).digest()
                 links.append((chain.CHAIN_READINGS, first, rid - 1, prev_r, pack(f"<{n}H", *tags)))
                 msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi))
                 outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk, rid - 1, prev_r))

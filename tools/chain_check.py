@@ -67,7 +67,8 @@ def config_row(version: str, started_ms: int, cause: str, user: str, pid: int, h
 
 
 def link_hash(prev: bytes, header: bytes, rows: list[bytes]) -> bytes:
-    return hashlib.sha256(prev + header + b"".join(rows)).digest()
+    """SHA-256(previous hash || SHA-256(header || rows))."""
+    return hashlib.sha256(prev + hashlib.sha256(header + b"".join(rows)).digest()).digest()
 
 
 def check_store(path: str) -> list[str]:

@@ -72,7 +72,7 @@ def test_worked_example_in_the_document_is_what_both_implementations_compute() -
     g, encoded, h = example()
     doc = (ROOT / "docs" / "hash-chain.md").read_text()
     assert g.hex() in doc
-    block = doc.split("Header and rows (157 bytes):")[1].split("hash = SHA-256")[0]
+    block = doc.split("Header and rows (157 bytes):")[1].split("digest = SHA-256")[0]
     assert "".join(line.split()[0] for line in block.splitlines() if line.strip()) == encoded.hex()
     assert h.hex() in doc
     rows = chain.readings_rows([chain.reading_prefix("CEMS-01", "so2", "mg/m3", "good", "valid", ""),
