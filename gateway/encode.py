@@ -89,6 +89,8 @@ class JsonEncoder:
             body: dict[str, Any] = {"schema": f"carbon-gateway/{out.kind}/1", "gateway": self.gateway,
                                     "instrument": out.instrument, "epoch": self.epoch, "seq": out.seq,
                                     out.kind: list(out.rows)}
+            if out.chain_pos:
+                body["chain"] = chain_link(out)
             return Publish(derived_topic(self.prefix, self.gateway, out.instrument, out.kind), dumps(body))
         return Publish(readings_topic(self.prefix, self.gateway, out.instrument), self.readings(out))
 
@@ -114,7 +116,8 @@ class JsonEncoder:
                          f'"value":{value},"unit":{text(r.unit)},'
                          f'"quality":{text(r.quality)},"reason":{text(r.reason)},'
                          f'"calibration":{text(r.calibration)}}}')
-        return head[:-2] + ",".join(parts).encode() + b"]}"  # head ends with the empty list: []}
+        tail = b"]}" if not out.chain_pos else b'],"chain":' + dumps(chain_link(out)) + b"}"
+        return head[:-2] + ",".join(parts).encode() + tail  # head ends with the empty list: []}
 
     def will(self) -> Publish:
         return self._status_publish("offline", {"reason": "connection_lost"})
@@ -176,9 +179,10 @@ def _text(s: str) -> str:
     return t
 
 
-def readings_body(gateway: str, instrument: str, epoch: str, seq: int, rows: Any) -> dict[str, Any]:
+def readings_body(gateway: str, instrument: str, epoch: str, seq: int, rows: Any,
+                  chain: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `json` encoder's readings message as a dict (the reference for JsonEncoder.readings)."""
-    return {
+    body: dict[str, Any] = {
         "schema": READINGS_SCHEMA,
         "gateway": gateway,
         "instrument": instrument,
@@ -190,6 +194,15 @@ def readings_body(gateway: str, instrument: str, epoch: str, seq: int, rows: Any
             for r in rows
         ],
     }
+    if chain:
+        body["chain"] = chain
+    return body
+
+
+def chain_link(out: Outgoing) -> dict[str, Any]:
+    """The message's link in the store's hash chain (docs/hash-chain.md): the last row id it covers and the
+    link's SHA-256, so the central side keeps proof of what the gateway stored (issue 11 item 1)."""
+    return {"pos": out.chain_pos, "hash": out.chain_hash.hex()}
 
 
 def dumps(obj: Any) -> bytes:

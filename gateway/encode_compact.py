@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from gateway.encode import JsonEncoder, dumps
+from gateway.encode import JsonEncoder, chain_link, dumps
 from gateway.store import Outgoing
 
 COMPACT_SCHEMA = "carbon-gateway/readings-compact/1"
@@ -51,6 +51,8 @@ class CompactJsonEncoder(JsonEncoder):
                                 "points": points, "p": p, "t": t, "v": v}
         if x:
             body["x"] = x
+        if out.chain_pos:
+            body["chain"] = chain_link(out)
         return dumps(body)
 
 

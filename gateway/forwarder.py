@@ -231,6 +231,7 @@ class Forwarder:
                 else round(time.time() - st.oldest_pending_ms / 1000, 3),
                 "size_bytes": st.size_bytes,
             },
+            "chain": self.store.chain_heads(),  # the hash chains' heads (issue 11; docs/hash-chain.md)
             "forwarder": {"published": self.stats.published, "acked": self.stats.acked,
                           "rejected": self.stats.rejected, "outstanding": self.stats.outstanding,
                           "transport_restarts": self.stats.transport_restarts,

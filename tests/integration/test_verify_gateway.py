@@ -46,6 +46,10 @@ def simulators(config_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.fixture
 def store(config_dir: Path, simulators: subprocess.Popen[bytes], recorder: Recorder, tmp_path: Path) -> Path:
+    return run_gateway(config_dir, recorder, tmp_path)
+
+
+def run_gateway(config_dir: Path, recorder: Recorder, tmp_path: Path) -> Path:
     """A store the gateway wrote for a few seconds, then stopped cleanly (checkpointed into one file)."""
     log = tmp_path / "gw.log"
     with log.open("ab") as err:
@@ -100,3 +104,22 @@ def test_verify_is_ok_on_a_gateway_store_and_names_each_tampered_row(store: Path
         f"WHERE id = {mid}")))
     assert code == 1
     assert f"readings chain: samples id {n + 1}: inserted:" in out, out
+
+
+def test_published_links_and_heads_are_the_stores(config_dir: Path, simulators: subprocess.Popen[bytes],
+                                                  recorder: Recorder, tmp_path: Path) -> None:
+    """Every readings message carries its link as stored (so the central side holds the proof), and the status
+    topic carries the chain heads."""
+    store = run_gateway(config_dir, recorder, tmp_path)
+    with sqlite3.connect(store) as db:
+        links = {int(last): bytes(h).hex() for last, h in db.execute(
+            "SELECT last_id, hash FROM chain_links WHERE chain = 1")}
+    published = {b["chain"]["pos"]: b["chain"]["hash"] for b in recorder.readings()}
+    assert len(published) >= 12
+    assert all(links.get(pos) == h for pos, h in published.items()), (published, links)
+    heads = [b["chain"] for b in recorder.by_topic_suffix("/status") if "chain" in b]
+    assert heads
+    assert all(links.get(h["readings"]["pos"]) == h["readings"]["hash"] for h in heads if h["readings"]["pos"])
+    code, out = verify(store)
+    assert code == 0
+    assert f"head {max(links)} {links[max(links)]}" in out

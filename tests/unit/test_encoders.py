@@ -109,6 +109,9 @@ def test_json_readings_are_the_bytes_of_the_dict_form(rows: list[Reading], seq: 
     out = Outgoing(7, "CEMS-01", "readings", seq, 0, rows)
     got = JsonEncoder(CTX).readings(out)
     assert got == dumps(readings_body(CTX.gateway, "CEMS-01", CTX.epoch, seq, rows))
+    linked = Outgoing(7, "CEMS-01", "readings", seq, 0, rows, seq + 1, bytes(32))  # with its chain link
+    assert JsonEncoder(CTX).readings(linked) == dumps(readings_body(
+        CTX.gateway, "CEMS-01", CTX.epoch, seq, rows, {"pos": seq + 1, "hash": "00" * 32}))
 
 
 def test_json_readings_refuse_nan_as_before() -> None:
@@ -116,3 +119,22 @@ def test_json_readings_refuse_nan_as_before() -> None:
                                                              Calibration.VALID)])
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         JsonEncoder(CTX).readings(out)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ENCODERS if n.startswith("json")))
+def test_messages_carry_their_chain_link_and_match_the_schemas(name: str) -> None:
+    """Issue 11: each message carries its link in the store's hash chain (docs/hash-chain.md); a message
+    stored before the chain has none. Both forms validate against the published schemas."""
+    enc = make_encoder(name, CTX)
+    h = bytes(range(32))
+    out = Outgoing(7, "CEMS-01", "readings", 3, 0, poll_readings(2), 4711, h)
+    body = json.loads(enc.message(out).payload)
+    validator("readings-compact" if name == "json_compact" else "readings").validate(body)
+    assert body["chain"] == {"pos": 4711, "hash": h.hex()}
+    older = json.loads(enc.message(Outgoing(7, "CEMS-01", "readings", 3, 0, poll_readings(2))).payload)
+    assert "chain" not in older
+    ev = json.loads(enc.message(Outgoing(9, "I", "aggregates", 2, 0, [{"point": "co2"}], 12, h)).payload)
+    assert ev["chain"] == {"pos": 12, "hash": h.hex()}
+    status = json.loads(enc.status("online", {"ts": 1, "chain": {"readings": {"pos": 4711, "hash": h.hex()},
+                                                                    "config": {"pos": 0, "hash": h.hex()}}}).payload)
+    validator("status").validate(status)
