@@ -131,3 +131,17 @@ def test_a_method_unit_mistake_names_the_carbon_file_line(tmp_path: Path) -> Non
     (line,) = errors_of(tmp_path, "co2_mass_rate(co2, q)", bad)
     assert line.startswith(str(tmp_path / "cfg" / "carbon.yaml") + ":13:")  # the formula line
     assert "unit mismatch" in line
+
+
+def test_validate_cli_reports_a_unit_mistake_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    d = write_config(tmp_path / "cfg", CEMS % "co2_mass_rate(co2, q) + p")  # kg/h + m3/h
+    out = subprocess.run([sys.executable, "-m", "gateway", "validate", "--config", str(d)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"{d / 'instruments' / 'plant.yaml'}:9: ")
+    assert "unit mismatch in '+'" in lines[0]
