@@ -31,6 +31,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--hole-check-s", type=float, default=2.0)
     c.add_argument("--hole-grace-s", type=float, default=5.0,
                    help="a hole is asked for once the message after it is this old (out-of-order backlog)")
+    c.add_argument("--replay-chunk", type=int, default=1000,
+                   help="seqs per replay request at most (one request per hole at a time)")
     c.add_argument("--lag-report-s", type=float, default=10.0)
     c.add_argument("--duration", type=float, help="stop after this many seconds")
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     opts = ConsumerOptions(broker=args.broker, db=args.db, group=args.group, prefix=args.prefix, write=args.write,
                            batch_max=args.batch_max, hole_check_s=args.hole_check_s, hole_grace_s=args.hole_grace_s,
-                           lag_report_s=args.lag_report_s)
+                           lag_report_s=args.lag_report_s, replay_chunk=args.replay_chunk)
     if args.name:
         opts.name = args.name
     stop = threading.Event()
