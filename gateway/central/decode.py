@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.encode_compact import expand
 
-KINDS = ("readings", "events", "aggregates", "substitutes", "corrections")
+KINDS = ("readings", "events", "aggregates", "substitutes", "corrections", "carbon")
 READINGS = ("carbon-gateway/readings/1", "carbon-gateway/readings-compact/1")
 
 # (point, ts_ms, value, unit, quality, reason, calibration)

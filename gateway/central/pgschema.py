@@ -15,7 +15,7 @@ import psycopg
 
 log = logging.getLogger("gateway.central")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_MIGRATE = 0x6361_7262_6D69_67  # pg advisory lock keys (bigint): "carbmig"
 LOCK_HOLES = 0x6361_7262_686F_6C  # "carbhol"
 
@@ -23,6 +23,9 @@ _RECORD_TABLE = """CREATE TABLE IF NOT EXISTS carbon.{name} (
     gateway text NOT NULL, epoch text NOT NULL, instrument text NOT NULL, seq bigint NOT NULL, idx int NOT NULL,
     point text NOT NULL, body jsonb NOT NULL,
     PRIMARY KEY (gateway, epoch, instrument, seq, idx))"""
+
+# The tables of record kinds, one per kind (`carbon`: hourly carbon records of issue 13, from version 2).
+RECORD_KINDS = ("events", "aggregates", "substitutes", "corrections", "carbon")
 
 # MIGRATIONS[n] takes the schema from version n to n + 1.
 MIGRATIONS: list[list[str]] = [
@@ -72,6 +75,10 @@ MIGRATIONS: list[list[str]] = [
             LEFT JOIN carbon.lag l ON l.gateway = g.gateway
             LEFT JOIN carbon.gateway_status s ON s.gateway = g.gateway
             GROUP BY g.gateway, s.pending_messages, s.state""",
+    ],
+    [
+        # Hourly carbon records (topic {prefix}/{gateway}/{source}/carbon): instrument is the emission source.
+        _RECORD_TABLE.format(name="carbon"),
     ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

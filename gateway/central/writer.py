@@ -21,6 +21,7 @@ import psycopg
 from psycopg import errors
 
 from gateway.central.decode import Batch, Response, Status
+from gateway.central.pgschema import RECORD_KINDS
 
 log = logging.getLogger("gateway.central")
 
@@ -83,7 +84,7 @@ class Writer:
                         for b in fresh if b.kind == "readings" for i, row in enumerate(b.rows)]
             res.rows += len(readings)
             self._rows(cur, "readings", _READING_COLS, readings, _READING_TYPES)
-            for kind in ("events", "aggregates", "substitutes", "corrections"):
+            for kind in RECORD_KINDS:
                 recs = [(b.gateway, b.epoch, b.instrument, b.seq, i, *row)
                         for b in fresh if b.kind == kind for i, row in enumerate(b.rows)]
                 res.rows += len(recs)

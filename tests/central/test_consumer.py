@@ -129,6 +129,35 @@ async def test_a_hole_is_found_and_healed_by_a_replay_exactly_once(tmp_path: Pat
         store.close()
 
 
+async def test_hourly_carbon_records_are_written_once(tmp_path: Path, broker: PrivateBroker, db: str) -> None:
+    from gateway.model import Derived
+
+    store = Store(tmp_path / "s.db")
+    fwd = Forwarder(settings(broker.port), GW, store, meta=lambda: {}, status_extra=lambda: {}, config_version="v1")
+    task = asyncio.create_task(fwd.run())
+    running = Running(ConsumerOptions(broker=broker.url, db=db, group="g2", name="c2", hole_check_s=0.3,
+                                      hole_grace_s=0.5, lag_report_s=1.0))
+    try:
+        await until(lambda: fwd.stats.connected)
+        await asyncio.sleep(0.5)
+        body = {"record_id": "co2-abc", "source": "boiler1", "hour_start": 1_795_000_000_000 - 1_795_000_000_000
+                % 3_600_000, "version": 1, "supersedes": None, "status": "final", "quality": "measured",
+                "methods": {"cems": {"kind": "measurement", "co2_kg": 123.5}}}
+        store.commit([], now_ms=1_795_000_000_000, per_message=10,
+                     derived=[Derived("carbon", "boiler1", "", body["hour_start"], body)])
+        fwd.notify()
+        await until(lambda: q(db, "SELECT count(*) FROM carbon.carbon") == [(1,)])
+        ((got,),) = q(db, "SELECT body FROM carbon.carbon WHERE instrument = 'boiler1' AND seq = 1")
+        assert got["record_id"] == "co2-abc"  # type: ignore[index]
+        assert got["methods"]["cems"]["co2_kg"] == 123.5  # type: ignore[index]
+    finally:
+        running.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        fwd.shutdown()
+        store.close()
+
+
 @pytest.mark.parametrize(("args", "code", "text"), [
     (["--broker", "http://127.0.0.1:1", "--db", "postgresql://127.0.0.1:1/x"], 2, "--broker"),
     (["--broker", "mqtt://127.0.0.1:1", "--db", "postgresql://postgres@127.0.0.1:1/x"], 1, "--db: cannot use"),
