@@ -180,6 +180,13 @@ class Reloader:
                  loader: Callable[[], Config]) -> None:
         self.gw, self.queue, self.store, self.forwarder, self.loader = gw, queue, store, forwarder, loader
         self._wanted = asyncio.Event()
+        self._manifest: tuple[str, dict[str, Any]] | None = None  # (version, manifest) of the running config
+
+    def _load(self, old_version: str,
+              old_m: Mapping[str, Any]) -> tuple[Config, dict[str, Any], config_history.Prepared]:
+        new = self.loader()
+        new_m = config_history.manifest(new)
+        return new, new_m, config_history.prepare(new.version, new_m, (old_version, old_m))
 
     def request(self) -> None:
         self._wanted.set()
@@ -214,7 +221,12 @@ class Reloader:
         t0 = time.monotonic()
         log.info("reload: reading the configuration in %s (running %s)", old.directory, old.version)
         try:
-            new = await asyncio.to_thread(self.loader)
+            if self._manifest is None or self._manifest[0] != old.version:
+                self._manifest = (old.version, await asyncio.to_thread(config_history.manifest, old))
+            old_m = self._manifest[1]
+            # Off the event loop (pollers keep their schedules): parsing, and the manifest of the new configuration
+            # with its history row (about a second each at plant scale, 2,500 meters).
+            new, new_m, row = await asyncio.to_thread(self._load, old.version, old_m)
         except (ConfigErrors, ConfigError) as err:
             errors = err.errors if isinstance(err, ConfigErrors) else [err]
             for e in errors:
@@ -228,7 +240,6 @@ class Reloader:
                       old.version)
             self._status("failed", error=f"{type(err).__name__}: {err}")
             return "failed"
-        old_m, new_m = config_history.manifest(old), config_history.manifest(new)
         p = plan(old_m, new_m, _kind)
         if p.refused:
             for line in p.refused:
@@ -244,14 +255,16 @@ class Reloader:
             log.warning("%s", line)
         try:
             await self._apply(new, p, old_m, new_m)
-            entry = config_history.record_running(self.store, new, cause="reload", now_ms=self.gw.clock.wall_ms())
+            self._manifest = (new.version, new_m)
+            entry = config_history.record_running(self.store, new, cause="reload", now_ms=self.gw.clock.wall_ms(),
+                                                  prepared=row)
         except StoreError:
             raise  # the store failed: fatal for the gateway (exit 4), never a failed reload only
         except Exception as err:  # noqa: BLE001 - a reload never takes the gateway down
             log.error("reload failed while applying %s: %s: %s", new.version, type(err).__name__, err)
             self._status("failed", error=f"{type(err).__name__}: {err}", requested=new.version)
             return "failed"
-        what = config_history.summary(entry.changes) if entry is not None else "same as recorded"
+        what = config_history.summary(entry.changes) if entry is not None else "unchanged"
         log.info("reload applied: configuration %s -> %s in %.2f s: %s; pollers: %d started, %d restarted, "
                  "%d stopped, %d kept", old.version, new.version, time.monotonic() - t0, what,
                  len(p.start), len(p.restart), len(p.stop), len(p.keep))

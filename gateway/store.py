@@ -847,6 +847,12 @@ class Store:
         return config_history.record(self._db, version, manifest, cause=cause, now_ms=now_ms,
                                      link=functools.partial(self._chain_link_row, "config"))
 
+    @_guarded("recording the configuration")
+    def insert_config(self, row: config_history.Prepared, *, cause: str, now_ms: int) -> config_history.Entry:
+        """Append a prepared `config_history` row (a reload)."""
+        return config_history.insert(self._db, row, cause=cause, now_ms=now_ms,
+                                     link=functools.partial(self._chain_link_row, "config"))
+
     @_guarded("reading store statistics")
     def stats(self) -> StoreStats:
         n = self._next_reading_id - 1

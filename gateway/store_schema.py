@@ -161,7 +161,8 @@ rules_state = Table(
 
 # Configuration history (issue 11 item 2, schema 7; gateway/config_history.py): one row per distinct configuration
 # the gateway ran under, append-only. `version` is the text readings reference (`messages.config` -> labels,
-# `records.config_version`); `manifest` (JSON) is what shaped the data, `changes` (JSON) the difference to the
+# `records.config_version`); `manifest` (JSON, or `zlib:` and the base64 of the compressed JSON) is what shaped the
+# data, `changes` (JSON) the difference to the
 # row before; `cause` is "start" or "reload", `user`/`pid`/`host` the process that recorded it.
 config_history = Table(
     "config_history",

@@ -113,6 +113,10 @@ def test_the_store_records_each_distinct_configuration_once(tmp_path: Path) -> N
         got = ch.entries(db)
     assert [(e.version, e.cause, e.started_ms) for e in got] == [(a.version, "start", 1_000),
                                                                  (b.version, "reload", 3_000)]
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        (blob,) = db.execute("SELECT manifest FROM config_history ORDER BY id DESC LIMIT 1").fetchone()
+    assert blob.startswith("zlib:")  # base64 of zlib-compressed JSON
+    assert ch.decode_manifest(blob) == json.loads(json.dumps(ch.manifest(b)))
 
 
 def test_a_version_6_store_migrates_and_keeps_its_readings(tmp_path: Path) -> None:
