@@ -155,8 +155,8 @@ def open_gaps(db: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     rows = db.execute(
         "SELECT r.instrument, r.point, r.body FROM records r JOIN (SELECT MAX(id) AS id FROM records "
-        "WHERE kind = 'events' AND body LIKE '{\"type\":\"gap\\_%' ESCAPE '\\' GROUP BY instrument, point) last "
-        "ON r.id = last.id").fetchall()
+        "WHERE kind = 'events' AND json_extract(body, '$.type') IN ('gap_open', 'gap_close') "
+        "GROUP BY instrument, point) last ON r.id = last.id").fetchall()
     for instrument, point, text in rows:
         body = json.loads(text)
         if body.get("type") == "gap_open":
