@@ -139,6 +139,9 @@ async def test_sighup_rejects_a_broken_configuration_and_applies_a_good_one(
     assert [r["cause"] for r in rows] == ["start", "reload", "reload"]
     assert rows[1]["changes"]["added"] == ["PM-02"]
     assert rows[2]["changes"]["removed"] == ["FT-01"]
+    verify = subprocess.run([sys.executable, "-m", "gateway", "verify", "--store", str(db)], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # reload rows are chained like the start's
     assert "Traceback" not in gateway_log.read_text()
     for body in recorder.by_topic_suffix("/status"):
         if "reload" in body:
