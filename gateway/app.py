@@ -30,7 +30,7 @@ from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
 from gateway.registry import Config, few_collections
 from gateway.replay import attach as attach_replay
-from gateway.rules_stage import RulesStage, checkpoint_limit, load_rules_async
+from gateway.rules_stage import RulesStage, apply_estimates, checkpoint_limit, load_rules_async
 from gateway.service import run_notifier
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
@@ -346,9 +346,11 @@ class Gateway:
                 hours = corrected_hours(got.records, self.config.instruments, store, self.carbon.watch)
                 got.records.extend(self.carbon.feed(hours, now))
             if got.records:
+                # Issue 10 item 9: estimates re-issue the substitutes of the hours they cover, same transaction.
+                derived = got.records + apply_estimates(self.rules, store, got.records)
                 # The files' hashes go in the same transaction as their records: stored exactly once.
                 created = store.commit([], now_ms=now, per_message=st.mqtt.readings_per_message,
-                                       derived=got.records, ingested=got.hashes)
+                                       derived=derived, ingested=got.hashes)
                 inbox.remove(got.files)  # only once its record is committed; a failure is logged, not raised
                 if created:
                     forwarder.notify()

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, cli_config, cli_consume, cli_explain_tree, cli_instruments, cli_status, cli_verify
+from gateway import (
+    __version__,
+    cli_config,
+    cli_consume,
+    cli_estimate,
+    cli_explain,
+    cli_explain_tree,
+    cli_instruments,
+    cli_status,
+    cli_verify,
+)
 from gateway.clock import ScaledClock, SystemClock
 from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError, StoreError
 
@@ -100,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     ev = rsub.add_parser("evaluate", help="evaluate substitution scenarios (JSON) and print one result per line")
     ev.add_argument("file", type=Path)
+    cli_explain.add_parser(rsub)  # issue 10 item 10: rules explain RECORD
 
     cli_config.add_parser(sub)  # issue 11: config history
     cli_status.add_parser(sub)  # issue 11: status
     cli_consume.add_parser(sub)  # issue 12: reference consumer -> PostgreSQL
     cli_explain_tree.add_parser(sub)  # issue 13: a carbon record's derivation down to raw readings
     cli_instruments.add_parser(sub)  # issue 11 item 6: instrument ledger, calibrations due
+    cli_estimate.add_parser(sub)  # issue 10 item 9: the estimate channel
     return parser
 
 
@@ -205,6 +217,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_instruments.run(args)
     if args.command == "verify":
         return cli_verify.run(args)
+    if args.command == "estimate":
+        return cli_estimate.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 
@@ -232,6 +246,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         sys.stdout.write(render(config_schemas()[args.kind]))
         return EXIT_OK
+    if args.command == "rules" and args.rules_command == "explain":
+        return cli_explain.run(args)
     if args.command == "rules" and args.rules_command == "evaluate":
         from gateway.audit import main as evaluate_main
 

@@ -215,6 +215,13 @@ def parse_correction(data: bytes, cfg: Config) -> dict[str, Any]:
         raise BadCorrection(f"not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     if not isinstance(body, dict):
         raise BadCorrection("not a JSON object")
+    if body.get("type") == "estimate":  # issue 10 item 9: the estimate channel shares this inbox
+        from gateway.estimates import BadEstimate, parse_estimate
+
+        try:
+            return parse_estimate(body, cfg)
+        except BadEstimate as err:
+            raise BadCorrection(f"estimate: {err}") from None
 
     def text(key: str) -> str:
         v = body.get(key)
@@ -310,8 +317,11 @@ class Inbox:
                 self._quarantine(path, str(err))
                 continue
             seen.add(digest)
-            body = {"type": "correction", **body, "received": now_ms,
-                    "supersedes_reading_id": store.reading_id_at(body["instrument"], body["point"], body["ts"])}
+            if body.get("type") == "estimate":
+                body = {**body, "received": now_ms}
+            else:
+                body = {"type": "correction", **body, "received": now_ms,
+                        "supersedes_reading_id": store.reading_id_at(body["instrument"], body["point"], body["ts"])}
             out.records.append(Derived("corrections", body["instrument"], body["point"], int(body["ts"]), body))
             out.hashes.append((digest, path.name))
             out.files.append(path)

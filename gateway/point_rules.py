@@ -7,12 +7,16 @@ parameter objects and reports mistakes per field.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.model import Quality
+from gateway.periods import PeriodKind
 from gateway.registry_schema import Kind, PointBase, Range
 from gateway.rules.aggregates import PeriodRule
 from gateway.rules.gaps import GapRules
+from gateway.rules.operating import LoadBins, OperatingCondition
 from gateway.rules.policy_config import SubstitutionPolicy, resolve_policy
 from gateway.rules.totalizer import TotalizerConfig
 from gateway.rules.validity import ValidityRules, default_rules
@@ -29,6 +33,39 @@ class PointRules:
     substitution: SubstitutionPolicy | None
     totalizer: TotalizerConfig | None
     feeds_emissions: bool
+    # Issue 10: the process signal that says which hours operate, the load ranges, the reporting period.
+    operating: OperatingSignal | None = None
+    load: LoadSignal | None = None
+    reporting: Reporting | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingSignal:
+    point: str  # a point of the same instrument
+    condition: OperatingCondition
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSignal:
+    point: str  # a point of the same instrument
+    bins: LoadBins
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """When a point's substitutes are finalised by a period close (gateway/rules/periods.py)."""
+
+    period: PeriodKind
+    due_hours: int
+    tz: tzinfo
+
+
+# The period each selector's close handler finalises when the point does not say (docs/rules.md §0.2).
+DEFAULT_REPORTING_PERIOD: dict[str, PeriodKind] = {
+    "mean_plus_2sigma": "year",  # Reg. (EU) 2018/2066 Art. 45(3), Annex VIII Eq. 4: the reporting period
+    "hour_before_after": "month",  # 40 CFR 98.35(b)(1): "before" value when the report is due
+    "hj75_tiered": "quarter",  # HJ 75-2017: alpha of the calendar quarter
+}
 
 
 def _range_in(unit: str, measuring_range: Range | None) -> tuple[float | None, float | None]:
@@ -56,7 +93,8 @@ def default_gap_grace_ms(cadence_ms: int, timeout_s: float, *, change_driven: bo
 
 def compile_point_rules(kind: Kind, p: PointBase, unit: str, measuring_range: Range | None,
                         poll_interval_s: float, *, timeout_s: float = 1.0,
-                        change_driven: bool = False) -> tuple[PointRules | None, list[tuple[str, str]]]:
+                        change_driven: bool = False, tz: str = "UTC"
+                        ) -> tuple[PointRules | None, list[tuple[str, str]]]:
     """(rules, [(sub-field, message)]). Errors name the point field they come from."""
     errors: list[tuple[str, str]] = []
     v = p.validity
@@ -120,10 +158,27 @@ def compile_point_rules(kind: Kind, p: PointBase, unit: str, measuring_range: Ra
         totalizer = TotalizerConfig(max_interval_ms=cadence_ms * 3 // 2, rollover_at=p.rollover_at,
                                     max_flow_per_h=max_flow if max_flow is not None and max_flow > 0 else None,
                                     direction=p.direction or "high")
+    operating = None if p.operating is None else OperatingSignal(
+        p.operating.point, OperatingCondition(p.operating.above, p.operating.bit, p.operating.invert))
+    load = None if p.load is None else LoadSignal(
+        p.load.point, LoadBins(p.load.range[0], p.load.range[1], p.load.bins, p.load.edges))
+    if p.operating is not None and p.operating.point == p.name:
+        errors.append(("operating.point", "a point cannot be its own operating signal"))
+    if policy is not None and policy.selector == "part75_tiered" and getattr(policy.params, "kind", "") == "binned" \
+            and load is None:
+        errors.append(("load", "missing_data kind binned needs the hour's load range: give load: {point, range} "
+                               "(40 CFR 75 App. C §2)"))
+    reporting = None
+    period = p.reporting_period or (DEFAULT_REPORTING_PERIOD.get(policy.selector) if policy is not None else None)
+    if period is not None:
+        reporting = Reporting(period, (p.report_due_days or 0) * 24, ZoneInfo(tz))
+    if p.report_due_days is not None and period != "month":
+        errors.append(("report_due_days", "applies to a monthly reporting period (40 CFR 98.35(b)(1))"))
     if errors:
         return None, errors
     if p.gap_after_s is not None and p.gap_after_s * 1000 < cadence_ms:
         return None, [("gap_after_s", "must not be shorter than the cadence")]
     grace = (default_gap_grace_ms(cadence_ms, timeout_s, change_driven=change_driven) if p.gap_after_s is None
              else round(p.gap_after_s * 1000) - cadence_ms)
-    return PointRules(base, GapRules(cadence_ms, grace), cadence_ms, period_ms, rule, policy, totalizer, feeds), []
+    return PointRules(base, GapRules(cadence_ms, grace), cadence_ms, period_ms, rule, policy, totalizer, feeds,
+                      operating, load, reporting), []

@@ -390,20 +390,20 @@ _RULES_MEMO: dict[tuple[Any, ...], tuple[Any, list[tuple[str, str]]]] = {}
 
 
 def _point_rules(kind: Any, p: PointBase, unit: str, measuring_range: Any, poll_s: float, *, timeout_s: float,
-                 change_driven: bool) -> tuple[Any, list[tuple[str, str]]]:
+                 change_driven: bool, tz: str = "UTC") -> tuple[Any, list[tuple[str, str]]]:
     """compile_point_rules, once per distinct point definition: a plant's meters of one model share
     their points, and PointRules is immutable (2,500 meters x 20 points compile 20 rule sets, not 50,000)."""
-    key = (kind, p, unit, measuring_range, poll_s, timeout_s, change_driven)
+    key = (kind, p, unit, measuring_range, poll_s, timeout_s, change_driven, tz)
     try:
         hit = _RULES_MEMO.get(key)
     except TypeError:  # a point with an unhashable part (a simulate block): compile it on its own
         return compile_point_rules(kind, p, unit, measuring_range, poll_s, timeout_s=timeout_s,  # type: ignore[arg-type]
-                                   change_driven=change_driven)
+                                   change_driven=change_driven, tz=tz)
     if hit is None:
         if len(_RULES_MEMO) > 100_000:
             _RULES_MEMO.clear()
         hit = _RULES_MEMO[key] = compile_point_rules(kind, p, unit, measuring_range, poll_s,  # type: ignore[arg-type]
-                                                     timeout_s=timeout_s, change_driven=change_driven)
+                                                     timeout_s=timeout_s, change_driven=change_driven, tz=tz)
     return hit[0], list(hit[1])
 
 
@@ -514,7 +514,8 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         # The cadence the rules expect is the one the driver really keeps for this point.
         poll_s, change_driven = plugin.cadence(p, inst, settings.limits.default_poll_interval_s)
         rules, rule_errors = _point_rules(inst.kind, p, unit, inst.measuring_range, poll_s,  # type: ignore[arg-type]
-                                          timeout_s=inst.connection.timeout_s, change_driven=change_driven)
+                                          timeout_s=inst.connection.timeout_s, change_driven=change_driven,
+                                          tz=settings.gateway.timezone)
         for sub, message in rule_errors:
             ctx.error(loc + tuple(sub.split(".")) if own else loc, f"{field}.{sub}", message)
         if rules is None:
@@ -530,6 +531,8 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
                                 totalizer=bool(p.totalizer), description=p.description or "", expect=p.expect,
                                 wire=wire, source_file=src_file, source_line=src_line,
                                 simulate=dict(p.simulate) if p.simulate else None, rules=rules))
+
+    _check_signal_points(points, planned, ctx)  # issue 10: operating / load name points of this instrument
 
     if inst.measuring_range is not None:
         try:
@@ -636,3 +639,21 @@ def _protocol_warnings(specs: list[InstrumentSpec]) -> list[ConfigError]:
     for plugin in PROTOCOLS.plugins:
         out.extend(plugin.warnings([s for s in specs if s.polled and s.protocol == plugin.name]))
     return out
+
+
+def _check_signal_points(points: list[PointSpec], planned: list[PlannedPoint], ctx: _Ctx) -> None:
+    """A point's `operating` and `load` name another point of the same instrument (issue 10 items 6, 7)."""
+    names = {p.name for p in points}
+    by_name = {p.name: p for p in points}
+    for plan in planned:  # derived points (issue 13) have no plan and no signals
+        spec = by_name.get(plan.point.name)
+        rules = spec.rules if spec is not None else None
+        if rules is None:
+            continue
+        for key, ref in (("operating", rules.operating), ("load", rules.load)):
+            if ref is None or ref.point in names:
+                continue
+            own = isinstance(plan.loc[-1], int)
+            where = (*plan.loc, key, "point") if own else plan.loc
+            ctx.error(where, f"{plan.field}.{key}.point",
+                      f"unknown point '{ref.point}' (points of this instrument: {', '.join(sorted(names))})")

@@ -19,12 +19,14 @@ from typing import Any
 
 from gateway.instruments import InstrumentSpec, PointSpec
 from gateway.model import Derived, Quality, Reading
+from gateway.periods import Period, closes_between, period_of
 from gateway.point_rules import PointRules
 from gateway.rules import gaps
 from gateway.rules.aggregates import PeriodAggregate, PeriodSummary, summarize
-from gateway.rules.context import GapInputs
+from gateway.rules.context import Estimate, GapInputs
 from gateway.rules.errors import RuleInputError
-from gateway.rules.hours import HourValue
+from gateway.rules.hours import HourValue, find_gaps
+from gateway.rules.operating import HourSignal, OperatingCondition, gap_hour_bin, hour_load_bin, operating
 from gateway.rules.substitution import substitute_gap
 from gateway.rules.totalizer import RunningTotal
 from gateway.rules.validity import CheckResult, ValidityState, check
@@ -85,6 +87,10 @@ class _Point:
     # Never later than the true due time (earlier only costs a look); _FORCE: not known.
     due: int = -(1 << 62)
     closing: tuple[int, PeriodSummary | None] | None = None  # a closed period whose records are not made yet
+    seen_hour: int | None = None  # the last hour closed for substitution, operating or not (issue 10 item 6)
+    frozen_before: int | None = None  # hours before this were finalised by a period close: never re-issued
+    estimates: dict[int, Estimate] = field(default_factory=dict)  # best_available_estimate: hour -> estimate
+    signal_keys: tuple[_SignalKey, ...] = ()  # this point is an operating signal / load point of these users
 
     def __post_init__(self) -> None:
         self.allowed_ms = self.rules.gaps.allowed_ms
@@ -107,6 +113,9 @@ class RulesStage:
         # closing in the same second otherwise held the event loop ~200 ms (issue 8). Off: made at once.
         self.defer_closes = False
         self._closing: deque[_Point] = deque()
+        # Issue 10 items 6, 7: per hour, what the operating signal and load points said. Keyed by
+        # (instrument, signal point, condition or None for a load point); fed by the signal's good readings.
+        self._signals: dict[_SignalKey, dict[int, HourSignal]] = {}
         for inst in instruments:
             self.add_instrument(inst, now_ms=now_ms, last_readings=last_readings)
 
@@ -126,6 +135,11 @@ class RulesStage:
             self._startup.extend(self._event(e) for e in events)
             self._points[(inst.id, p.name)] = _Point(inst, p, p.rules, ValidityState(), state)
             self._cycle.append((inst.id, p.name))
+        for p in inst.points:  # issue 10 items 6, 7: mark the points whose readings feed another's hours
+            for key in _signal_keys(inst.id, p.rules) if p.rules is not None else ():
+                sig = self._points.get((inst.id, key[1]))
+                if sig is not None and key not in sig.signal_keys:
+                    sig.signal_keys += (key,)
         self._tick_due = _FORCE  # its points' due times are not known yet
 
     # -- live reload (issue 11 item 3; gateway/reload.py) ------------------------------------------------
@@ -201,8 +215,12 @@ class RulesStage:
             st.period_start = st.closed_until = int(aggregates[-1]["period_end"])
         if st.rules.totalizer is None:
             for body in aggregates[-MAX_HISTORY_HOURS:] if st.rules.substitution is not None else ():
-                st.history.append(HourValue(int(body["period_start"]) // period,
-                                            body["mean"] if body.get("valid") else None))
+                st.seen_hour = int(body["period_start"]) // period
+                if body.get("operating") is False:
+                    continue  # a non-operating hour: absent from the history (40 CFR 75.30(a))
+                st.history.append(HourValue(st.seen_hour, body["mean"] if body.get("valid") else None,
+                                            body.get("load_bin")))
+            st.frozen_before = _frozen_at(st, st.seen_hour)
             for body in substitutes:
                 trace = body.get("trace", {})
                 st.latest[int(body["hour"])] = _PrevRecord(body["record_id"], instrument, point, int(body["hour"]),
@@ -227,6 +245,8 @@ class RulesStage:
             if st is None:
                 continue
             r = self._judge(st, r)
+            if st.signal_keys:
+                self._note_signal(st, r)
             self._startup.extend(self._add_sample(st, r))
 
     def checkpoint(self, limit: int | None = None) -> dict[tuple[str, str], str]:
@@ -275,6 +295,10 @@ class RulesStage:
 
     def period_ms(self, instrument: str, point: str) -> int:
         return self._points[(instrument, point)].rules.period_ms
+
+    def takes_estimates(self, instrument: str, point: str) -> bool:
+        st = self._points.get((instrument, point))
+        return st is not None and st.rules.substitution is not None and st.rules.substitution.selector in _ESTIMATING
 
     def wants_history(self, instrument: str, point: str) -> bool:
         st = self._points.get((instrument, point))
@@ -349,6 +373,8 @@ class RulesStage:
             if res.reason or res.quality is not good:  # else: good without a reason, the reading as tagged
                 r = _judged(r, res)
             append(r)
+            if st.signal_keys:
+                self._note_signal(st, r)
             g = st.gap
             if overloaded and g.open_start_ms is None and ts - g.reference_ms > st.allowed_ms:
                 # Late because the gateway is busy: once per instrument, not a gap per point.
@@ -572,10 +598,44 @@ class RulesStage:
         if st.closed_until is not None and start < st.closed_until:
             return []  # restart: this period's aggregate is stored already
         agg = summarize(summary, cadence_ms=st.rules.cadence_ms, rule=st.rules.aggregate)
-        out = [self._aggregate(st, agg)]
+        hour = start // period
+        runs, load_bin = self._hour_facts(st, hour)
+        value = agg.mean if agg.valid else None
+        out = [self._aggregate(st, agg, runs, load_bin)]
         if st.rules.substitution is not None:
-            out.extend(self._substitute(st, HourValue(start // period, agg.mean if agg.valid else None)))
+            if value is None and st.rules.load is not None:
+                load_bin = gap_hour_bin(load_bin, st.rules.load.bins)[0]
+            out.extend(self._substitute(st, HourValue(hour, value, load_bin), runs))
         return out
+
+    # -- operating hours and load ranges (issue 10 items 6, 7) --------------------------------------
+
+    def _note_signal(self, st: _Point, r: Reading) -> None:
+        """A usable reading of an operating-signal or load point counts toward its hour. Uncertain readings
+        count (a load standing at 0 for hours while the unit is off is `frozen`, and still says it is off);
+        bad ones do not."""
+        if r.quality is Quality.BAD or r.value is None or not math.isfinite(r.value):
+            return
+        hour = r.ts_ms // HOUR_MS
+        for key in st.signal_keys:
+            hours = self._signals.setdefault(key, {})
+            sig = hours.get(hour)
+            if sig is None:
+                sig = hours[hour] = HourSignal()
+                while len(hours) > SIGNAL_HOURS_KEPT:
+                    del hours[next(iter(hours))]  # insertion order is hour order for a point's readings
+            sig.add(r.value, key[2])
+
+    def _hour_facts(self, st: _Point, hour: int) -> tuple[bool | None, int | None]:
+        """(operating: None without a signal configured, load range or None) of one closed hour."""
+        rules, inst = st.rules, st.instrument.id
+        runs = None
+        if rules.operating is not None:
+            runs = operating(self._signals.get((inst, rules.operating.point, rules.operating.condition), {}).get(hour))
+        load_bin = None
+        if rules.load is not None:
+            load_bin = hour_load_bin(self._signals.get((inst, rules.load.point, None), {}).get(hour), rules.load.bins)
+        return runs, load_bin
 
     def _add_total(self, st: _Point, r: Reading) -> list[Derived]:
         """Totalizers: a period is settled by the first good reading after it, so a counter difference
@@ -593,12 +653,17 @@ class RulesStage:
         cut = st.closed_until
         return [self._total(st, p) for p in settled if cut is None or p.start_ms >= cut][-MAX_EMPTY_PERIODS:]
 
-    def _aggregate(self, st: _Point, agg: PeriodAggregate) -> Derived:
+    def _aggregate(self, st: _Point, agg: PeriodAggregate, runs: bool | None = None,
+                   load_bin: int | None = None) -> Derived:
         body = {"point": st.spec.name, "unit": st.spec.unit, "period_start": agg.start_ms, "period_end": agg.end_ms,
                 "count": agg.count, "valid_count": agg.valid_count, "possible": agg.possible,
                 "availability": agg.availability, "availability_exact": agg.availability_exact,
                 "valid": agg.valid, "mean": agg.mean, "min": agg.minimum, "max": agg.maximum, "rule": agg.rule,
                 "totalizer": False}
+        if runs is not None:
+            body["operating"] = runs  # false: a non-operating hour, neither missing nor substituted
+        if st.rules.load is not None:
+            body["load_bin"] = load_bin
         return Derived("aggregates", st.instrument.id, st.spec.name, agg.start_ms, body)
 
     def _total(self, st: _Point, p: Any) -> Derived:
@@ -613,18 +678,33 @@ class RulesStage:
 
     # -- substitution -----------------------------------------------------------------------------
 
-    def _substitute(self, st: _Point, hv: HourValue) -> list[Derived]:
-        """Provisional substitutes while a gap is open; the final ones, superseding them, when it closes."""
+    def _substitute(self, st: _Point, hv: HourValue, runs: bool | None = None) -> list[Derived]:
+        """Provisional substitutes while a gap is open; the final ones, superseding them, when it closes.
+
+        ``runs`` False: the operating signal says the source did not operate in this hour: it is left out of
+        the history (never substituted, never breaks a gap, never counts toward N: 40 CFR 75.30(a))."""
         hist = st.history
-        if hist and hv.hour <= hist[-1].hour:
+        last = st.seen_hour if st.seen_hour is not None else (hist[-1].hour if hist else None)
+        if last is not None and hv.hour <= last:
             return []
-        if hist:
+        if last is not None:
             # Hours with no record at all (the gateway was down) are missing operating hours, not absent.
             # Hours a forward clock step skipped were never lived by the gateway: not operating hours.
-            first = max(hist[-1].hour + 1, hv.hour - MAX_EMPTY_PERIODS, st.fill_from_hour or 0)
+            first = max(last + 1, hv.hour - MAX_EMPTY_PERIODS, st.fill_from_hour or 0)
+            top = None if st.rules.load is None else st.rules.load.bins.bins
             for h in range(first, hv.hour):
-                hist.append(HourValue(h, None))
-        hist.append(hv)
+                hist.append(HourValue(h, None, top))
+        st.seen_hour = hv.hour
+        out: list[Derived] = []
+        if runs is not False:
+            hist.append(hv)
+            out.extend(self._substitute_latest(st, hv))
+        if last is not None and st.rules.reporting is not None:
+            out.extend(self._period_closes(st, last, hv.hour))
+        return out
+
+    def _substitute_latest(self, st: _Point, hv: HourValue) -> list[Derived]:
+        hist = st.history
         if hv.value is None:
             gap_hours = _trailing_gap(hist)
             gap_open = True
@@ -635,16 +715,38 @@ class RulesStage:
             return []
         policy = st.rules.substitution
         assert policy is not None
+        history: Sequence[HourValue] = hist
+        inputs = GapInputs(gap_open=gap_open)
+        if policy.selector == "mean_plus_2sigma" and st.rules.reporting is not None:
+            # MRR Annex VIII Eq. 4: the mean and sigma of the reporting period; final when it closes.
+            current = period_of(hist[-1].hour, st.rules.reporting.period, st.rules.reporting.tz)
+            history = [h for h in hist if h.hour >= current.start]
+            gap_hours = [h for h in gap_hours if h >= current.start]
+            if not gap_hours:
+                return []  # the gap ended with the previous period: its close finalises it
+            inputs = GapInputs(gap_open=gap_open, reference_period_closed=False)
+        return self._run_gap(st, history, gap_hours, inputs)
+
+    def _run_gap(self, st: _Point, history: Sequence[HourValue], gap_hours: Sequence[int],
+                 inputs: GapInputs) -> list[Derived]:
+        """One substitute_gap evaluation, published as new versions of the hours that changed."""
+        policy = st.rules.substitution
+        assert policy is not None
+        if st.estimates:
+            inputs = replace(inputs, estimates=tuple(st.estimates[h] for h in gap_hours if h in st.estimates))
         try:
-            result = substitute_gap(list(hist), gap_hours, policy, point=st.spec.name, instrument=st.instrument.id,
-                                    inputs=GapInputs(gap_open=gap_open), previous=st.latest.values())  # type: ignore[arg-type]
+            result = substitute_gap(list(history), gap_hours, policy, point=st.spec.name, instrument=st.instrument.id,
+                                    inputs=inputs, previous=st.latest.values())  # type: ignore[arg-type]
         except RuleInputError as err:
             log.error("%s.%s: no substitute for hours %d..%d: %s", st.instrument.id, st.spec.name, gap_hours[0],
                       gap_hours[-1], err)
             return []
         out: list[Derived] = []
         period = st.rules.period_ms
+        frozen = st.frozen_before
         for rec in result.records:
+            if frozen is not None and rec.hour < frozen:
+                continue  # finalised by a period close (the reported value): never re-issued
             before = st.latest.get(rec.hour)
             method = rec.detail.to_json().get("method_code", "")
             if (before is not None and before.value == rec.value and before.status == rec.status
@@ -655,9 +757,67 @@ class RulesStage:
             out.append(Derived("substitutes", st.instrument.id, st.spec.name, rec.hour * period, body))
             st.latest[rec.hour] = _PrevRecord(rec.record_id, rec.instrument, rec.point, rec.hour, rec.version,
                                               rec.value, rec.status, str(method))
-        if not gap_open:
+        if result.status == "final":
             for h in gap_hours:  # final: later gaps never touch these hours again
                 st.latest.pop(h, None)
+        return out
+
+    # -- the estimate channel (issue 10 item 9) ----------------------------------------------------
+
+    def add_estimates(self, bodies: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Estimate records (gateway/estimates.py) for points whose selector takes them; returns the points
+        whose gaps must be re-evaluated (``reissue``)."""
+        touched: dict[tuple[str, str], None] = {}
+        for b in bodies:
+            st = self._points.get((b["instrument"], b["point"]))
+            if st is None or st.rules.substitution is None or st.rules.substitution.selector not in _ESTIMATING:
+                continue
+            period = st.rules.period_ms
+            for h in range(int(b["ts"]) // period, int(b["hour_end"]) // period):
+                st.estimates[h] = Estimate(h, float(b["value"]), str(b["id"]), str(b["author"]), str(b["basis"]),
+                                           str(b["method"]))
+            touched[(b["instrument"], b["point"])] = None
+        return list(touched)
+
+    def reissue(self, instrument: str, point: str, previous: Sequence[dict[str, Any]]) -> list[Derived]:
+        """Re-evaluate every gap of a point's history that has an estimate (a new version of each hour whose
+        value changes). ``previous``: the point's stored substitutes (their newest versions are superseded;
+        the in-memory ones no longer hold hours finalised long ago)."""
+        st = self._points[(instrument, point)]
+        prev = {int(b["hour"]): b for b in sorted(previous, key=lambda b: int(b["version"]))}
+        latest = [_PrevRecord(b["record_id"], instrument, point, h, int(b["version"]), float(b["value"]),
+                              b["status"], str(b.get("trace", {}).get("method_code", ""))) for h, b in prev.items()]
+        for rec in latest:
+            st.latest.setdefault(rec.hour, rec)
+            if st.latest[rec.hour].version < rec.version:
+                st.latest[rec.hour] = rec
+        hist = list(st.history)
+        out: list[Derived] = []
+        for gap in find_gaps(hist):
+            if not any(h in st.estimates for h in gap.hours):
+                continue
+            out.extend(self._run_gap(st, hist, gap.hours, GapInputs(gap_open=gap.end == hist[-1].hour)))
+        return out
+
+    # -- period closes (issue 10 item 8) ----------------------------------------------------------
+
+    def _period_closes(self, st: _Point, last_hour: int, new_hour: int) -> list[Derived]:
+        """Run the selector's close handler for every reporting period that fell due between two hours.
+
+        The one period-close mechanism of the rules stage: CLOSE_HANDLERS maps a selector to its handler
+        (MRR mean + 2 sigma at the reporting period's close, Part 98 "before" value when the report is due;
+        the HJ 75 quarter re-issue registers itself here too). A close runs in the same transaction as the
+        hour that triggered it, so after a restart it is neither repeated nor skipped (``_frozen_at``)."""
+        rep = st.rules.reporting
+        policy = st.rules.substitution
+        assert rep is not None
+        assert policy is not None
+        handler = CLOSE_HANDLERS.get(policy.selector)
+        if handler is None:
+            return []
+        out: list[Derived] = []
+        for p in closes_between(last_hour, new_hour, rep.period, rep.tz, due_hours=rep.due_hours):
+            out.extend(handler(self, st, p))
         return out
 
     @staticmethod
@@ -694,6 +854,61 @@ def _due(st: _Point, *, gap: bool = True) -> int:
     return due
 
 
+_SignalKey = tuple[str, str, OperatingCondition | None]
+HOUR_MS = 3_600_000
+SIGNAL_HOURS_KEPT = 72  # hours of signal facts kept per signal: a consumer's hour closes within one or two
+
+
+def _signal_keys(instrument: str, rules: PointRules) -> list[_SignalKey]:
+    keys: list[_SignalKey] = []
+    if rules.operating is not None:
+        keys.append((instrument, rules.operating.point, rules.operating.condition))
+    if rules.load is not None:
+        keys.append((instrument, rules.load.point, None))
+    return keys
+
+
+def _frozen_at(st: _Point, hour: int | None) -> int | None:
+    """After a restart: the hours a period close had finalised by ``hour`` (closes that freeze hours only)."""
+    rep, policy = st.rules.reporting, st.rules.substitution
+    if rep is None or policy is None or hour is None or policy.selector not in FREEZING_CLOSES:
+        return None
+    return period_of(hour - rep.due_hours, rep.period, rep.tz).start
+
+
+def _close_mrr(stage: RulesStage, st: _Point, p: Period) -> list[Derived]:
+    """Reg. (EU) 2018/2066 Art. 45(3), Annex VIII Eq. 4: at the reporting period's close, every substituted
+    hour of the period gets its final mean + 2 sigma over the whole period (a new version of each)."""
+    hist = [h for h in st.history if p.start <= h.hour < p.end]
+    out: list[Derived] = []
+    for gap in find_gaps(hist):
+        out.extend(stage._run_gap(st, hist, gap.hours, GapInputs(gap_open=False, reference_period_closed=True)))
+    st.frozen_before = max(st.frozen_before or p.end, p.end)
+    return out
+
+
+def _close_part98(stage: RulesStage, st: _Point, p: Period) -> list[Derived]:
+    """40 CFR 98.35(b)(1): "if the 'after' value has not been obtained by the time the report is due, use the
+    'before' value". A gap still open when the month's report falls due gets, for its hours in that month, a
+    final version with the "before" value; those hours are not re-issued when the gap closes later."""
+    hist = list(st.history)
+    gap = [h for h in _trailing_gap(hist) if p.start <= h < p.end]
+    out: list[Derived] = []
+    if gap:
+        cut = [h for h in hist if h.hour < p.end]
+        out = stage._run_gap(st, cut, gap, GapInputs(gap_open=False))
+    st.frozen_before = max(st.frozen_before or p.end, p.end)
+    return out
+
+
+CloseHandler = Any  # (RulesStage, _Point, Period) -> list[Derived]
+# selector -> what its period close does. Shared by every close (rulesa: the HJ 75 quarter re-issue adds
+# "hj75_tiered" here; reporting period defaults are in point_rules.DEFAULT_REPORTING_PERIOD).
+CLOSE_HANDLERS: dict[str, CloseHandler] = {"mean_plus_2sigma": _close_mrr, "hour_before_after": _close_part98}
+FREEZING_CLOSES = frozenset(CLOSE_HANDLERS)  # closes after which a period's hours are final for good
+_ESTIMATING = frozenset({"best_available_estimate"})  # selectors that take plant estimates
+
+
 def _trailing_gap(hist: Sequence[HourValue]) -> list[int]:
     hours: list[int] = []
     for hv in reversed(hist):
@@ -701,6 +916,21 @@ def _trailing_gap(hist: Sequence[HourValue]) -> list[int]:
             break
         hours.append(hv.hour)
     return hours[::-1]
+
+
+def apply_estimates(rules: RulesStage | None, store: Store, records: Sequence[Derived]) -> list[Derived]:
+    """The inbox's estimate records given to the rules stage: the new substitute versions they cause, to be
+    committed in the same transaction as the estimates (issue 10 item 9). Before the rules stage is ready,
+    nothing: it reads the stored estimates when it loads."""
+    bodies = [d.body for d in records if d.kind == "corrections" and d.body.get("type") == "estimate"]
+    if rules is None or not bodies:
+        return []
+    out: list[Derived] = []
+    for instrument, point in rules.add_estimates(bodies):
+        first = min(int(b["ts"]) for b in bodies if b["instrument"] == instrument and b["point"] == point)
+        previous = store.records("substitutes", instrument, point, since_ms=first - 400 * 86_400_000)
+        out.extend(rules.reissue(instrument, point, previous))
+    return out
 
 
 CHECKPOINT_EVERY_MS = 30_000  # each point's state is committed at least this often (at most this much re-fed)
@@ -760,6 +990,9 @@ def _load_steps(instruments: Sequence[InstrumentSpec], store: Store,
         aggregates = store.records("aggregates", instrument, point, since_ms=now_ms - YEARS_3_MS,
                                    last=None if rules.wants_history(instrument, point) else 1)
         subs = store.records("substitutes", instrument, point, since_ms=now_ms - MONTH_MS)
+        if rules.takes_estimates(instrument, point):  # issue 10 item 9: the plant's estimates, kept as records
+            rules.add_estimates(b for b in store.records("corrections", instrument, point, since_ms=now_ms - YEARS_3_MS)
+                                if b.get("type") == "estimate")
         cp = checkpoints.get((instrument, point))
         if cp is not None:
             hwm[(instrument, point)] = cp[0]

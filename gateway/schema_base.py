@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.rules.methods import MissingData
 
@@ -54,6 +54,52 @@ class AggregateModel(Strict):
     min_fraction: float | None = Field(default=None, gt=0, le=1)  # for rule: fraction
 
 
+# -- issue 10 (rules, second pass): operating hours, Part 75 load bins, reporting-period closes ---------------
+
+class OperatingSignalModel(Strict):
+    """Which hours the source operates, from a point of the same instrument (40 CFR 75.30(a), 72.2 'operating
+    hour'; HJ 75-2017: stopped hours are excluded). An hour is an operating hour when any good reading of the
+    signal in it meets the condition; an hour whose signal has good readings none of which meets it is a
+    non-operating hour; an hour without a good signal reading counts as operating (it is then substituted:
+    the conservative side)."""
+
+    point: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    above: float | None = None  # operating when the value is > above (fuel flow above a threshold, load > 0)
+    bit: int | None = Field(default=None, ge=0, le=63)  # operating when this bit of the value is set (run status)
+    invert: bool = False  # with bit: operating when the bit is clear
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> OperatingSignalModel:
+        if (self.above is None) == (self.bit is None):
+            raise ValueError("give exactly one of above (a threshold) or bit (a status bit)")
+        if self.invert and self.bit is None:
+            raise ValueError("invert applies to bit only")
+        return self
+
+
+class LoadBinsModel(Strict):
+    """Part 75 App. C §2 load ranges of each hour from a load point of the same instrument: ten equal bins of
+    the range of operation ``range`` (or ``bins`` of them, or explicit upper ``edges``)."""
+
+    point: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    range: tuple[float, float] = Field(description="the range of operation [lowest, maximum] in the point's unit")
+    bins: int = Field(default=10, ge=2, le=20)
+    edges: tuple[float, ...] | None = Field(default=None, description="explicit upper edges of bins 1..n-1")
+
+    @model_validator(mode="after")
+    def _check(self) -> LoadBinsModel:
+        lo, hi = self.range
+        if not lo < hi:
+            raise ValueError("range must be [lowest, maximum] with lowest < maximum")
+        if self.edges is not None:
+            if len(self.edges) != self.bins - 1:
+                raise ValueError(f"edges: {self.bins} bins need {self.bins - 1} upper edges")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)) or not (
+                    lo < self.edges[0] and self.edges[-1] < hi):
+                raise ValueError("edges must increase strictly inside the range")
+        return self
+
+
 class PointBase(Strict):
     """The fields of a point every protocol has, in a profile or in an instrument (where it adds or
     overrides by name). A protocol's point model adds its addressing fields, all optional."""
@@ -78,6 +124,11 @@ class PointBase(Strict):
     # Issue 10 item 2: totalizers, the meter's maximum flow in counter units per hour (its measuring range);
     # bounds the wraps across a gap. Default: the measuring range's max when its unit is "<unit>/h".
     max_flow_per_h: float | None = Field(default=None, gt=0)
+    # Issue 10: operating hours from a process signal, Part 75 load bins, reporting-period closes.
+    operating: OperatingSignalModel | None = None  # which hours the source operates (docs/rules.md §0.1)
+    load: LoadBinsModel | None = None  # the Part 75 load range of each hour (kind: binned)
+    reporting_period: Literal["month", "quarter", "year"] | None = None  # default by selector (docs/rules.md §0.2)
+    report_due_days: int | None = Field(default=None, ge=0, le=366)  # Part 98: month close + this many days
     simulate: dict[str, object] | None = None
     # Derived points (docs/derived.md): computed by the gateway from other points, never read from the device.
     formula: str | None = Field(default=None, min_length=1, max_length=2000)

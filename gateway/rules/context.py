@@ -24,6 +24,19 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class Estimate:
+    """A value the gateway cannot compute, given by the plant for one hour (40 CFR 98.35(b)(2) "best available
+    estimate", Reg. (EU) 2018/2066 Art. 45(4) mass or energy balance), with who made it and how."""
+
+    hour: int
+    value: float
+    estimate_id: str
+    author: str
+    basis: str
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
 class GapInputs:
     """Per-run facts that are not configuration (so they are traced but not hashed)."""
 
@@ -35,6 +48,8 @@ class GapInputs:
     # HJ 75: the hour the evaluation is made at (None: the last hour of the history). A quarter whose last
     # hour is before it is closed, so its alpha is final; otherwise alpha is quarter-to-date.
     as_of_hour: int | None = None
+    # Issue 10 item 9: plant estimates for gap hours (best_available_estimate). Traced in the hour's statistics.
+    estimates: tuple[Estimate, ...] = ()
 
     def as_items(self) -> tuple[tuple[str, int | bool | None], ...]:
         items: tuple[tuple[str, int | bool | None], ...] = (

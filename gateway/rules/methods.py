@@ -292,6 +292,13 @@ class LastGoodParams(CommonParams):
     plan_approved: Flag = Field(default=False, description="must be true: last_good is not conservative")
 
 
+class BestEstimateParams(CommonParams):
+    """A plant-supplied estimate per hour (40 CFR 98.35(b)(2), Reg. (EU) 2018/2066 Art. 45(4)); the configured
+    default until one is given (`carbon-gateway estimate`, docs/rules.md §0.3)."""
+
+    selector: Literal["best_available_estimate"]
+
+
 class FixedDefaultParams(CommonParams):
     """The configured conservative default (value and provenance in configuration)."""
 
@@ -374,10 +381,12 @@ LAST_GOOD = Method("last_good", LastGoodParams, DirectionRule.OPTIONAL, selector
                    check=_last_good_check, default_needed_for="no value before the gap")
 FIXED_DEFAULT = Method("fixed_conservative_default", FixedDefaultParams, DirectionRule.OPTIONAL,
                        selectors.fixed_conservative_default)
+BEST_ESTIMATE = Method("best_available_estimate", BestEstimateParams, DirectionRule.OPTIONAL,
+                       selectors.best_available_estimate, default_needed_for="an hour no estimate was given for")
 
 METHODS: Mapping[str, Method[Any]] = {m.name: m for m in (
     PART75, HJ75, MEAN_PLUS_2SIGMA, HOUR_BEFORE_AFTER, PERCENTILE_LOOKBACK, MAX_LOOKBACK, MIN_LOOKBACK, LAST_GOOD,
-    FIXED_DEFAULT,
+    FIXED_DEFAULT, BEST_ESTIMATE,
 )}
 SELECTORS: tuple[str, ...] = tuple(METHODS)
 

@@ -26,10 +26,11 @@ from gateway.rules.policies import (
     mean_plus_2sigma,
     percentile_outcome,
 )
-from gateway.rules.trace import METHOD_EXTREME, METHOD_INITIAL, METHOD_LAST_GOOD
+from gateway.rules.trace import METHOD_ESTIMATE, METHOD_EXTREME, METHOD_INITIAL, METHOD_LAST_GOOD
 
 if TYPE_CHECKING:
     from gateway.rules.methods import (
+        BestEstimateParams,
         FixedDefaultParams,
         Hj75Params,
         HourBeforeAfterParams,
@@ -203,6 +204,23 @@ def _require_hbha(ctx: GapContext) -> None:
 def fixed_conservative_default(ctx: GapContext, _p: FixedDefaultParams, _hv: HourValue, _n: int) -> Outcome:
     return fixed_default(ctx.require_default("fixed_conservative_default"), "fixed_conservative_default",
                          CONSERVATIVE_DEFAULT)
+
+
+ESTIMATE_CITATION = ("40 CFR 98.35(b)(2) best available estimate; Reg. (EU) 2018/2066 Art. 45(4): "
+                     "mass or energy balance")
+
+
+def best_available_estimate(ctx: GapContext, _p: BestEstimateParams, hv: HourValue, _n: int) -> Outcome:
+    """The plant's estimate for the hour, with its author, basis and method in the trace; until one is given,
+    the configured default (a new version supersedes it when the estimate arrives)."""
+    for est in ctx.inputs.estimates:
+        if est.hour == hv.hour:
+            return Outcome(est.value, "best_available_estimate", METHOD_ESTIMATE, ESTIMATE_CITATION,
+                           (("estimate_id", est.estimate_id), ("author", est.author), ("basis", est.basis),
+                            ("method", est.method)))
+    return fixed_default(ctx.require_default("no estimate given for this hour"), "fixed_conservative_default",
+                         f"{CONSERVATIVE_DEFAULT}; no best available estimate given yet",
+                         notes=("awaiting a best available estimate (carbon-gateway estimate)",))
 
 
 def last_good_hour(ctx: GapContext, _p: LastGoodParams, _hv: HourValue, _n: int) -> Outcome:

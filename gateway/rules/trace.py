@@ -30,6 +30,7 @@ METHOD_MEAN_PLUS_2SIGMA = "G1"
 METHOD_LAST_GOOD = "G2"
 METHOD_ONE_SIDED = "G3"
 METHOD_OTHER_PERCENTILE = "G4"
+METHOD_ESTIMATE = "G5"  # a best available estimate given by the plant (issue 10 item 9)
 
 STATUS_PROVISIONAL = "provisional"
 STATUS_FINAL = "final"
