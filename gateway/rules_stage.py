@@ -27,6 +27,8 @@ from gateway.rules.context import Estimate, GapInputs
 from gateway.rules.errors import RuleInputError
 from gateway.rules.hours import HourValue, find_gaps
 from gateway.rules.operating import HourSignal, OperatingCondition, gap_hour_bin, hour_load_bin, operating
+from gateway.rules.quarter_close import quarter_offset, reissue_at_quarter_close
+from gateway.rules.quarters import quarter_of
 from gateway.rules.substitution import substitute_gap
 from gateway.rules.totalizer import RunningTotal
 from gateway.rules.validity import CheckResult, ValidityState, check
@@ -64,6 +66,7 @@ class _PrevRecord:
     value: float
     status: str
     method_code: str
+    routine: str = ""  # compared at the HJ 75 quarter close (issue 10 item 8)
 
 
 @dataclass
@@ -225,7 +228,8 @@ class RulesStage:
                 trace = body.get("trace", {})
                 st.latest[int(body["hour"])] = _PrevRecord(body["record_id"], instrument, point, int(body["hour"]),
                                                            int(body["version"]), float(body["value"]),
-                                                           body["status"], str(trace.get("method_code", "")))
+                                                           body["status"], str(trace.get("method_code", "")),
+                                                           str(trace.get("routine", "")))
         if checkpoint is not None:
             self._load(st, checkpoint)
         elif current:
@@ -299,6 +303,11 @@ class RulesStage:
     def takes_estimates(self, instrument: str, point: str) -> bool:
         st = self._points.get((instrument, point))
         return st is not None and st.rules.substitution is not None and st.rules.substitution.selector in _ESTIMATING
+
+    def rejudges_quarters(self, instrument: str, point: str) -> bool:
+        """HJ 75 with a computed alpha: the quarter close re-judges the quarter's substitutes (issue 10 item 8)."""
+        st = self._points.get((instrument, point))
+        return st is not None and quarter_offset(st.rules.substitution) is not None
 
     def wants_history(self, instrument: str, point: str) -> bool:
         st = self._points.get((instrument, point))
@@ -756,9 +765,11 @@ class RulesStage:
                     "hour_end": (rec.hour + 1) * period}
             out.append(Derived("substitutes", st.instrument.id, st.spec.name, rec.hour * period, body))
             st.latest[rec.hour] = _PrevRecord(rec.record_id, rec.instrument, rec.point, rec.hour, rec.version,
-                                              rec.value, rec.status, str(method))
-        if result.status == "final":
-            for h in gap_hours:  # final: later gaps never touch these hours again
+                                              rec.value, rec.status, str(method), rec.detail.routine)
+        if result.status == "final" and quarter_offset(policy) is None:
+            # Final: later gaps never touch these hours again. HJ 75 keeps them until its quarter closes,
+            # which re-judges them with the quarter's final alpha (_close_hj75).
+            for h in gap_hours:
                 st.latest.pop(h, None)
         return out
 
@@ -901,11 +912,48 @@ def _close_part98(stage: RulesStage, st: _Point, p: Period) -> list[Derived]:
     return out
 
 
+def _close_hj75(stage: RulesStage, st: _Point, p: Period) -> list[Derived]:
+    """HJ 75-2017 (issue 10 items 1, 8): at the quarter's close its alpha is final; the substitutes issued in it
+    with a quarter-to-date alpha get a new version where the tier changes (gateway/rules/quarter_close.py).
+
+    The quarter is the policy's own (quarter_utc_offset_hours, China Standard Time by default): the one holding
+    the reporting period's first hour; with the site in another time zone the close runs that much later."""
+    policy = st.rules.substitution
+    offset = quarter_offset(policy)
+    if policy is None or offset is None:
+        return []
+    q_end = quarter_of(p.start, offset)[1]
+    try:
+        records = reissue_at_quarter_close(list(st.history), policy, point=st.spec.name, instrument=st.instrument.id,
+                                           quarter_end_hour=q_end, previous=st.latest.values())  # type: ignore[arg-type]
+    except RuleInputError as err:
+        log.error("%s.%s: quarter close: substitutes not re-judged: %s", st.instrument.id, st.spec.name, err)
+        records = ()
+    out: list[Derived] = []
+    period = st.rules.period_ms
+    for rec in records:
+        body = {**rec.to_json(), "unit": st.spec.unit, "hour_start": rec.hour * period,
+                "hour_end": (rec.hour + 1) * period}
+        out.append(Derived("substitutes", st.instrument.id, st.spec.name, rec.hour * period, body))
+        st.latest[rec.hour] = _PrevRecord(rec.record_id, rec.instrument, rec.point, rec.hour, rec.version,
+                                          rec.value, rec.status, rec.method_code, rec.routine)
+    if records:
+        log.info("%s.%s: quarter close: %d substitutes re-issued with the quarter's final alpha", st.instrument.id,
+                 st.spec.name, len(records))
+    still_open = set(_trailing_gap(list(st.history)))
+    for h in [h for h in st.latest if h < q_end and h not in still_open]:
+        del st.latest[h]  # final now: nothing re-judges the closed quarter's hours again
+    return out
+
+
 CloseHandler = Any  # (RulesStage, _Point, Period) -> list[Derived]
 # selector -> what its period close does. Shared by every close (rulesa: the HJ 75 quarter re-issue adds
 # "hj75_tiered" here; reporting period defaults are in point_rules.DEFAULT_REPORTING_PERIOD).
-CLOSE_HANDLERS: dict[str, CloseHandler] = {"mean_plus_2sigma": _close_mrr, "hour_before_after": _close_part98}
-FREEZING_CLOSES = frozenset(CLOSE_HANDLERS)  # closes after which a period's hours are final for good
+CLOSE_HANDLERS: dict[str, CloseHandler] = {"mean_plus_2sigma": _close_mrr, "hour_before_after": _close_part98,
+                                           "hj75_tiered": _close_hj75}
+# Closes after which a period's hours are final for good. Not HJ 75: a gap running on into the next quarter
+# still re-issues its earlier hours when its final N selects another window (whole_period).
+FREEZING_CLOSES = frozenset({"mean_plus_2sigma", "hour_before_after"})
 _ESTIMATING = frozenset({"best_available_estimate"})  # selectors that take plant estimates
 
 
@@ -936,6 +984,7 @@ def apply_estimates(rules: RulesStage | None, store: Store, records: Sequence[De
 CHECKPOINT_EVERY_MS = 30_000  # each point's state is committed at least this often (at most this much re-fed)
 YEARS_3_MS = 3 * 365 * 86_400_000
 MONTH_MS = 31 * 86_400_000
+QUARTER_MS = 93 * 86_400_000  # HJ 75 points reload a quarter of substitutes: its close re-judges them all
 
 
 def checkpoint_limit(n_points: int, commit_interval_ms: int) -> int:
@@ -989,7 +1038,8 @@ def _load_steps(instruments: Sequence[InstrumentSpec], store: Store,
         # The substitution lookback needs the period history; other points only where they stopped.
         aggregates = store.records("aggregates", instrument, point, since_ms=now_ms - YEARS_3_MS,
                                    last=None if rules.wants_history(instrument, point) else 1)
-        subs = store.records("substitutes", instrument, point, since_ms=now_ms - MONTH_MS)
+        subs = store.records("substitutes", instrument, point,
+                             since_ms=now_ms - (QUARTER_MS if rules.rejudges_quarters(instrument, point) else MONTH_MS))
         if rules.takes_estimates(instrument, point):  # issue 10 item 9: the plant's estimates, kept as records
             rules.add_estimates(b for b in store.records("corrections", instrument, point, since_ms=now_ms - YEARS_3_MS)
                                 if b.get("type") == "estimate")

@@ -70,8 +70,10 @@ def reissue_at_quarter_close(history: Sequence[HourValue], policy: SubstitutionP
             before = latest.get(record.hour)
             if before is None:
                 continue  # not issued yet (an hour of the next quarter): its own evaluation issues it
+            # A previous record without its routine (restored from an older trace) is compared on the rest.
+            routine = getattr(before, "routine", "") or record.routine
             if (record.value, record.routine, record.method_code, record.status) != (
-                    before.value, before.routine, before.method_code, before.status):
+                    before.value, routine, before.method_code, before.status):
                 out.append(record)
     return tuple(out)
 
