@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway import chain
 from gateway.store import DERIVED_KINDS, Anchor, read_anchor
@@ -72,10 +73,15 @@ class Result:
 class _Row:
     id: int
     enc: bytes  # a reading's prefix (text fields), or a record's whole encoding
-    desc: str
+    info: tuple[Any, ...]  # (what, ts[, value]): formatted only when the row is named in a problem
     tag: int
     ts: int = 0  # readings: the time and canonical value (the link encodes them by column)
     value: float = 0.0
+
+    @property
+    def desc(self) -> str:
+        text = f"{self.info[0]} at {_ms(self.info[1])}"
+        return text + (f", value {self.info[2]}" if len(self.info) > 2 else "")
 
 
 def _ms(ts: object) -> str:
@@ -92,22 +98,29 @@ class _Readings:
         self.db = db
         self.series = {sid: (i, p, u) for sid, i, p, u in db.execute("SELECT id, instrument, point, unit FROM series")}
         self.labels = {lid: t for lid, t in db.execute("SELECT id, text FROM labels")}
+        self.prefixes: dict[tuple[int, int], tuple[bytes, int]] = {}  # (series, code) -> (encoding, its CRC-32)
+
+    def _prefix(self, sid: int, code: int) -> tuple[bytes, int]:
+        names = self.series[sid]
+        enc = chain.reading_prefix(*names, _QUALITY[code & 3], _CALIBRATION[(code >> 2) & 3], self.labels[code >> 4])
+        out = self.prefixes[(sid, code)] = (enc, zlib.crc32(enc))
+        return out
 
     def rows(self, lo: int, hi: int) -> Iterator[_Row]:
+        series, prefixes, tag, canonical = self.series, self.prefixes, chain.reading_tag, chain.canonical_value
         for rid, sid, ts, value, code in self.db.execute(
                 "SELECT id, series, ts_ms, value, code FROM samples WHERE id >= ? AND id <= ? ORDER BY id", (lo, hi)):
-            names = self.series.get(sid)
-            desc = (f"{names[0]} {names[1]} at {_ms(ts)}, value {value}" if names
-                    else f"series {sid} at {_ms(ts)}, value {value}")
+            names = series.get(sid)
+            info = (f"{names[0]} {names[1]}" if names else f"series {sid}", ts, value)
             try:
-                reason = self.labels[code >> 4]
-                enc = chain.reading_prefix(*names, _QUALITY[code & 3], _CALIBRATION[(code >> 2) & 3], reason)  # type: ignore[misc]
-                ts, v = int(ts), chain.canonical_value(float(value) if value is not None else None)
-                struct.pack("<q", ts)
-            except (KeyError, TypeError, ValueError, OverflowError, struct.error):
-                yield _Row(rid, _BAD, desc, -1)
+                pc = prefixes.get((sid, code)) or self._prefix(sid, code)
+                if type(ts) is not int or not -2**63 <= ts < 2**63:
+                    raise TypeError(ts)
+                v = canonical(float(value) if value is not None else None)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                yield _Row(rid, _BAD, info, -1)
                 continue
-            yield _Row(rid, enc, desc, chain.reading_tag(zlib.crc32(enc), ts, v), ts, v)
+            yield _Row(rid, pc[0], info, tag(pc[1], ts, v), ts, v)
 
     def block(self, rows: list[_Row]) -> bytes:
         if any(r.enc is _BAD for r in rows):
@@ -144,7 +157,7 @@ class _Records(_Readings):
                 enc = chain.record_row(kind, inst, point, ts, body, cv, stored)
             except (TypeError, ValueError, AttributeError, struct.error):
                 enc = _BAD
-            yield _Row(rid, enc, f"{kind} of {inst} {point} at {_ms(ts)}", chain.tag(enc) if enc is not _BAD else -1)
+            yield _Row(rid, enc, (f"{kind} of {inst} {point}", ts), chain.tag(enc) if enc is not _BAD else -1)
 
     def block(self, rows: list[_Row]) -> bytes:
         return b"".join(r.enc for r in rows)
@@ -178,7 +191,7 @@ class _Extra(_Readings):
                 enc = self.spec.encode(*row[1:])
             except (TypeError, ValueError, AttributeError, struct.error):
                 enc = _BAD
-            yield _Row(int(row[0]), enc, f"{self.table} row", chain.tag(enc) if enc is not _BAD else -1)
+            yield _Row(int(row[0]), enc, (f"{self.table} row", None), chain.tag(enc) if enc is not _BAD else -1)
 
     def block(self, rows: list[_Row]) -> bytes:
         return b"".join(r.enc for r in rows)
