@@ -23,6 +23,7 @@ from gateway import (
     cli_estimate,
     cli_explain,
     cli_explain_tree,
+    cli_export,
     cli_instruments,
     cli_status,
     cli_verify,
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("target", type=Path, metavar="PATH", help="the backup file (must not exist)")
 
     cli_verify.add_parser(sub)
+    cli_export.add_parser(sub)  # issue 12 item 5
 
     sc = sub.add_parser("schema", help="print the JSON Schema of a configuration file kind")
     sc.add_argument("kind", choices=["gateway", "instruments", "profile"])
@@ -219,6 +221,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_verify.run(args)
     if args.command == "estimate":
         return cli_estimate.run(args)
+    if args.command == "export":
+        return cli_export.run(args)
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 
