@@ -5,6 +5,7 @@ gateway published (each message's link, the status topic's heads) are the store'
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sqlite3
@@ -123,3 +124,16 @@ def test_published_links_and_heads_are_the_stores(config_dir: Path, simulators: 
     code, out = verify(store)
     assert code == 0
     assert f"head {max(links)} {links[max(links)]}" in out
+    # An auditor's export of the whole run (issue 12 item 5), checked by the shipped script alone; its link
+    # hashes are the ones the central side received.
+    out_dir = tmp_path / "audit"
+    done = subprocess.run(gateway("export", "--config", str(config_dir), "--from", "2000-01-01T00:00:00Z",
+                                  "--to", "2100-01-01T00:00:00Z", "--format", "jsonl", "--out", str(out_dir)),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    checked = subprocess.run([sys.executable, "-I", "verify_export.py"], cwd=out_dir, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout
+    proof = json.loads((out_dir / "proof.json").read_text())
+    exported = {link["last"]: link["hash"] for link in proof["chains"]["readings"]["links"]}
+    assert all(exported[pos] == h for pos, h in published.items())
