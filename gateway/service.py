@@ -152,6 +152,9 @@ def summary(gw: Gateway, forwarder: Forwarder, store: Store) -> str:
         parts.append("overloaded")
     if failed:
         parts.append("failed tasks: " + ", ".join(failed))
+    reload = getattr(gw, "reload_status", None)  # issue 11 item 3: `systemctl reload` shows its outcome here
+    if reload and reload.get("result") in ("rejected", "failed"):
+        parts.append(f"last reload {reload['result']} ({reload.get('error', '')}), running config {gw.config.version}")
     return "; ".join(parts)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -98,6 +99,17 @@ async def test_ready_status_watchdog_and_a_stuck_loop_stops_the_pings(
         assert not [t for t, _ in listener.lines("STATUS") if locked_at + QUIET_AFTER_S < t < released_at]
         # ... and the pings come back once the loop runs again.
         assert await wait_until(lambda: len([t for t, _ in listener.lines("WATCHDOG") if t > released_at]) >= 3, 10)
+        assert gw.poll() is None
+
+        # `systemctl reload` (ExecReload=/bin/kill -HUP $MAINPID) with a broken configuration: the gateway keeps
+        # running on the old one, keeps pinging, and its STATUS line says the reload was rejected.
+        plant = cfg_dir / "instruments" / "plant.yaml"
+        plant.write_text(plant.read_text().replace("poll_interval_s: 0.2", "poll_interval_s: -1", 1))
+        hup_at = time.monotonic()
+        os.kill(gw.pid, signal.SIGHUP)
+        assert await wait_until(lambda: any("last reload rejected" in s and "plant.yaml" in s
+                                            for _, s in listener.lines("STATUS")), 20), listener.lines("STATUS")[-3:]
+        assert await wait_until(lambda: len([t for t, _ in listener.lines("WATCHDOG") if t > hup_at]) >= 3, 10)
         assert gw.poll() is None
     finally:
         code = stop_gateway(gw)
