@@ -50,6 +50,7 @@ class ChainReport:
     head_pos: int = 0
     head_hash: bytes = b""
     ranged: bool = False
+    checked_from: int = 0  # the walk recomputed the links after this row id, up to head_pos
 
     def line(self) -> str:
         if self.anchor is None:
@@ -232,6 +233,31 @@ def verify(db: sqlite3.Connection, *, lo_ms: int | None = None, hi_ms: int | Non
     return result
 
 
+def expectation(db: sqlite3.Connection, result: Result, chain_name: str, pos: int, hash_hex: str) -> str | None:
+    """Compare a hash published by the gateway (a message's `chain`, a status head) with the store's chain after
+    a clean walk: None when it matches, else the one-line reason. A match proves the store still holds what
+    was published at that position; a mismatch, that it was changed and re-chained since."""
+    report = next((r for r in result.reports if r.name == chain_name), None)
+    if report is None or report.anchor is None:
+        return f"{chain_name} chain: no such chain in this store"
+    if pos <= report.anchor.last_id:
+        if pos == report.anchor.last_id and report.anchor.hash.hex() == hash_hex:
+            return None
+        return f"{chain_name} chain: position {pos} was pruned by retention (the chain is kept from " \
+               f"{report.anchor.last_id}); it cannot be checked here"
+    if not report.checked_from < pos <= report.head_pos:
+        return f"{chain_name} chain: position {pos} is outside the links checked ({report.checked_from + 1}.." \
+               f"{report.head_pos}); check without --from/--to"
+    row = db.execute("SELECT hash FROM chain_links WHERE chain = ? AND last_id = ?",
+                     (chain.CODES.get(chain_name, -1), pos)).fetchone()
+    if row is None:
+        return f"{chain_name} chain: no link ends at {pos}: the store's rows were renumbered or replaced"
+    if bytes(row[0]).hex() != hash_hex.lower():
+        return (f"{chain_name} chain: at {pos} the store's chain has {bytes(row[0]).hex()}, the published hash is "
+                f"{hash_hex}: the data was changed and re-chained after it was published")
+    return None
+
+
 def _walk(db: sqlite3.Connection, w: _Readings, report: ChainReport, lo_ms: int | None,
           hi_ms: int | None) -> Problem | None:
     anchor = report.anchor
@@ -257,7 +283,7 @@ def _walk(db: sqlite3.Connection, w: _Readings, report: ChainReport, lo_ms: int 
                        "AND first_id <= ? ORDER BY first_id", (w.code, prev_last, hi_id))
     rows = w.rows(lo_id, hi_id)
     pending = next(rows, None)
-    report.head_pos, report.head_hash = prev_last, prev_hash
+    report.head_pos, report.head_hash, report.checked_from = prev_last, prev_hash, prev_last
 
     def inserted(row: _Row, where: str) -> Problem:
         return Problem(name, table, row.id, "inserted", f"{row.desc}: no chain link covers it ({where})")

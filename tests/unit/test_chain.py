@@ -278,3 +278,40 @@ def test_any_committed_readings_verify(tmp_path_factory: pytest.TempPathFactory,
         db.close()
     assert result.problem is None, result.problem
     assert chain_check.check_store(str(path))[0] == f"readings {heads['readings']['pos']} {heads['readings']['hash']}"
+
+
+def test_a_re_chained_store_is_caught_by_a_published_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone who edits a row and recomputes every hash after it leaves a self-consistent store: only a hash
+    the gateway published before (a message's `chain`, a status head) shows it, through `verify --expect`."""
+    from gateway.chain_verify import _Readings
+    from gateway.store import read_anchor
+
+    path = tmp_path / "s.db"
+    store = fill(path)
+    published = store.chain_heads()["readings"]
+    store.close()
+    expect = f"readings:{published['pos']}:{published['hash']}"
+    code, out = verify_line(path, capsys, "--expect", expect)
+    assert code == 0, out
+    assert f"the published hash at {published['pos']} is the store's" in out
+    with sqlite3.connect(path) as db:  # the attack: edit, then re-chain from the edit on
+        db.execute("UPDATE samples SET value = 99.5 WHERE id = 6")
+        w = _Readings(db)
+        anchor = read_anchor(db, "readings")
+        assert anchor is not None
+        prev = anchor.hash
+        for first, last in db.execute("SELECT first_id, last_id FROM chain_links WHERE chain = 1 ORDER BY first_id"
+                                      ).fetchall():
+            rows = list(w.rows(first, last))
+            head = w.header(first, last, len(rows))
+            assert head is not None
+            prev = chain.link_hash(prev, head[0], [w.block(rows)])
+            db.execute("UPDATE chain_links SET hash = ? WHERE chain = 1 AND first_id = ?", (prev, first))
+    code, out = verify_line(path, capsys)
+    assert code == 0, out  # consistent with itself
+    code, out = verify_line(path, capsys, "--expect", expect)
+    assert code == 1
+    assert "the data was changed and re-chained after it was published" in out
+    code, out = verify_line(path, capsys, "--expect", "readings:5:" + "0" * 64)
+    assert code == 1
+    assert "no link ends at 5" in out
