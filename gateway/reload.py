@@ -253,16 +253,22 @@ class Reloader:
             return "unchanged"
         for line in new.warnings:
             log.warning("%s", line)
+        problem: Exception | None = None
         try:
             await self._apply(new, p, old_m, new_m)
-            self._manifest = (new.version, new_m)
-            entry = config_history.record_running(self.store, new, cause="reload", now_ms=self.gw.clock.wall_ms(),
-                                                  prepared=row)
         except StoreError:
             raise  # the store failed: fatal for the gateway (exit 4), never a failed reload only
         except Exception as err:  # noqa: BLE001 - a reload never takes the gateway down
-            log.error("reload failed while applying %s: %s: %s", new.version, type(err).__name__, err)
-            self._status("failed", error=f"{type(err).__name__}: {err}", requested=new.version)
+            problem = err
+        entry = None
+        if self.gw.config is new:  # running under it (if partly: see the problem below): recorded as such
+            self._manifest = (new.version, new_m)
+            entry = config_history.record_running(self.store, new, cause="reload", now_ms=self.gw.clock.wall_ms(),
+                                                  prepared=row)
+        if problem is not None:
+            log.error("reload failed while applying %s (%s; see the lines above): %s: %s", new.version,
+                      "partly applied" if self.gw.config is new else "not applied", type(problem).__name__, problem)
+            self._status("failed", error=f"{type(problem).__name__}: {problem}", requested=new.version)
             return "failed"
         what = config_history.summary(entry.changes) if entry is not None else "unchanged"
         log.info("reload applied: configuration %s -> %s in %.2f s: %s; pollers: %d started, %d restarted, "
@@ -308,16 +314,23 @@ class Reloader:
         # 3. The new and changed groups start at once.
         specs = {s.id: s for s in new.instruments}
         members = groups(new_m, _kind)
+        failed: list[str] = []
         for key in (*p.restart, *p.start):
             ids = [s.id for s in new.instruments if s.id in members[key]]
-            if key.startswith("poll "):
-                poller = gw.start_poller([specs[i] for i in ids], self.queue)
-                for iid in ids:
-                    if iid in carry and iid not in p.changed:  # an unchanged neighbour keeps its counters
-                        poller.health[iid], poller.late_polls[iid] = carry[iid]
-            else:
-                gw.start_subscriber(specs[ids[0]], self.queue)
+            try:  # one group that cannot start (e.g. its driver refuses the device) does not keep the others off
+                if key.startswith("poll "):
+                    poller = gw.start_poller([specs[i] for i in ids], self.queue)
+                    for iid in ids:
+                        if iid in carry and iid not in p.changed:  # an unchanged neighbour keeps its counters
+                            poller.health[iid], poller.late_polls[iid] = carry[iid]
+                else:
+                    gw.start_subscriber(specs[ids[0]], self.queue)
+            except Exception as err:  # noqa: BLE001
+                log.error("reload: cannot start %s (%s): %s: %s", key, ", ".join(ids), type(err).__name__, err)
+                failed.append(f"{key}: {type(err).__name__}: {err}")
         self.forwarder.reconfigured(new.version)
+        if failed:
+            raise RuntimeError(f"{len(failed)} group(s) not started, first: {failed[0]}")
 
     async def _stop_group(self, key: str) -> None:
         gw = self.gw
