@@ -16,13 +16,11 @@ method follows the rules engine's substitutes (provisional, then final), says so
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,13 +30,11 @@ from gateway.registry import load_config
 from simulators.broker import PrivateBroker
 from simulators.runner import build_servers
 from tests.helpers import Recorder, dedup_by_seq, seqs_without_holes, write_config
+from tests.integration.test_rules_end_to_end import ORIGIN, SCALE, hour, wait_until
+from tests.unit.derived.test_carbon_records import CARBON
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
-H = 3_600_000
-ORIGIN = datetime(2026, 11, 24, tzinfo=UTC)
-ORIGIN_MS = int(ORIGIN.timestamp() * 1000)
-SCALE = 1200  # one plant hour = 3 real seconds
 CONSISTENCY = 0.05
 
 INSTRUMENTS = """\
@@ -78,36 +74,6 @@ instruments:
         gap_after_s: 600
 """
 
-CARBON = """\
-constants:
-  ncv_gas: {unit: GJ/m3, values: [{value: 0.0389, source: "gas supplier certificate 2026-11"}]}
-  cc_gas: {unit: t/GJ, values: [{value: 0.01532, source: "CN guideline default, natural gas"}]}
-  of_gas: {unit: "1", values: [{value: 0.99, source: "CN guideline default, natural gas"}]}
-sources:
-  - id: boiler1
-    methods:
-      - name: cems
-        kind: measurement
-        inputs: {co2: CEMS-01.co2, q: CEMS-01.flue_gas_flow}
-        formula: co2_mass_rate(co2, q)
-      - name: fuel
-        kind: calculation
-        unit: t
-        inputs: {gas: FT-01.totalizer_1}
-        formula: fuel_co2(gas, ncv_gas, cc_gas, of_gas)
-"""
-
-
-def hour(i: int) -> int:
-    return ORIGIN_MS + i * H
-
-
-async def wait_until(predicate, timeout_s: float) -> bool:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
 
 
 async def test_hourly_co2_by_both_methods_follows_substitution(

@@ -8,8 +8,6 @@ readings of the same poll.
 from __future__ import annotations
 
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from gateway.derived.builtins import co2_mass_rate
 from simulators.broker import PrivateBroker
 from tests.helpers import Recorder, three_meters, write_config
-from tests.integration.test_end_to_end import gateway_cmd, start_gateway, validator
+from tests.integration.test_end_to_end import simulators, start_gateway, validator  # noqa: F401 (fixture)
 
 DERIVED = """\
     points:
@@ -40,20 +38,9 @@ def config_dir(tmp_path: Path, ports: tuple[int, int, int], broker: PrivateBroke
                         per_message=5)
 
 
-@pytest.fixture
-def simulators(config_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(gateway_cmd("simulate", "--config", str(config_dir)), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for _ in range(3):
-        assert proc.stdout.readline().startswith(b"simulating"), "simulator did not start"
-    yield proc
-    proc.send_signal(signal.SIGINT)
-    proc.wait(10)
-
-
-def test_derived_points_arrive_as_readings_equal_to_their_formula(
-        config_dir: Path, simulators: subprocess.Popen[bytes], recorder: Recorder, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("simulators")  # test_end_to_end's, on this module's config_dir
+def test_derived_points_arrive_as_readings_equal_to_their_formula(config_dir: Path, recorder: Recorder,
+                                                                  tmp_path: Path) -> None:
     def cems() -> list[dict]:
         return [r for b in recorder.readings() if b["instrument"] == "CEMS-01" for r in b["readings"]]
 
