@@ -310,7 +310,7 @@ class Reloader:
             # Hourly carbon records per source (issue 13): rebuilt from the store, as by a restarted writer.
             from gateway.derived.carbon import restore_carbon
 
-            gw.carbon = restore_carbon(new.derived, self.store, gw.clock.wall_ms())
+            gw.carbon = restore_carbon(new.derived, self.store, gw.clock.wall_ms(), new.instruments)
         # 3. The new and changed groups start at once.
         specs = {s.id: s for s in new.instruments}
         members = groups(new_m, _kind)
