@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -309,3 +310,46 @@ def test_part98_open_gap_takes_the_before_value_when_the_report_is_due(spec: Ins
     assert "98.35(b)(1)" in final[base + 4]["trace"]["citation"]
     assert sum(1 for s in subs if s["hour"] == base + 4 and s["status"] == "final") == 1
 
+
+
+def test_a_close_is_neither_repeated_nor_skipped_across_restarts(spec: InstrumentSpec, tmp_path: Path) -> None:
+    """The MRR close runs in the transaction of the hour that ends the year. Restarting from the store before
+    that hour runs it once (after the restart); restarting after it never runs it again."""
+    import contextlib
+
+    from gateway.rules_stage import load_rules
+    from gateway.store import Store
+
+    def hour_batch(h: int) -> list[Reading]:
+        out = []
+        for m in range(60):
+            ts = T0 + h * H + m * 60_000
+            out.append(Reading("CEMS-01", "unit_load", ts, 300.0, "MW", Quality.GOOD, "", Calibration.VALID))
+            if h == 2:
+                out.append(Reading("CEMS-01", "co2", ts, None, "%vol", Quality.BAD, "no_communication",
+                                   Calibration.VALID))
+            else:
+                out.append(Reading("CEMS-01", "co2", ts, 10.0 + h + (m % 3) * 0.1, "%vol", Quality.GOOD, "",
+                                   Calibration.VALID))
+        return out
+
+    def run_hours(store: Store, stage: RulesStage, hours: range) -> None:
+        for h in hours:
+            readings, derived = stage.process(hour_batch(h))
+            derived += stage.tick(T0 + (h + 1) * H)
+            store.commit(readings, now_ms=T0 + (h + 1) * H, per_message=500, derived=derived,
+                         rules_state=stage.checkpoint())
+
+    def finals(store: Store) -> list[dict]:
+        return [b for b in store.records("substitutes", "CEMS-01", "co2") if b["status"] == "final"]
+
+    path = tmp_path / "gw.db"
+    with contextlib.closing(Store(path)) as store:
+        run_hours(store, RulesStage([spec], now_ms=T0), range(5))  # up to 2026-12-31 23:00, year still open
+        assert finals(store) == []
+    with contextlib.closing(Store(path)) as store:
+        run_hours(store, load_rules([spec], store, T0 + 5 * H), range(5, 8))  # the year closes after restart
+        assert len(finals(store)) == 1
+    with contextlib.closing(Store(path)) as store:
+        run_hours(store, load_rules([spec], store, T0 + 8 * H), range(8, 10))
+        assert len(finals(store)) == 1  # not again
