@@ -353,3 +353,53 @@ def test_a_close_is_neither_repeated_nor_skipped_across_restarts(spec: Instrumen
     with contextlib.closing(Store(path)) as store:
         run_hours(store, load_rules([spec], store, T0 + 8 * H), range(8, 10))
         assert len(finals(store)) == 1  # not again
+
+
+def test_a_signal_on_another_instrument_through_a_derived_point(tmp_path: Path) -> None:
+    """The unit's load is read by the DCS, not the CEMS: a derived point of the CEMS (docs/derived.md) carries
+    it, and is the operating signal. Hour 2: load 0, CEMS lost: not operating, not substituted."""
+    text = """\
+instruments:
+  - id: DCS-01
+    name: unit DCS
+    kind: power_meter
+    profile: eastron_sdm630
+    connection: {protocol: modbus_tcp, host: 127.0.0.1, port: 15023, unit_id: 1}
+    poll_interval_s: 60
+    only_points: [total_active_power]
+  - id: CEMS-01
+    name: stack CEMS
+    kind: gas_analyzer
+    measuring_range: {min: 0, max: 25, unit: "%vol"}
+    profile: cems_generic
+    only_points: [co2]
+    connection: {protocol: modbus_tcp, host: 127.0.0.1, port: 15022, unit_id: 1}
+    poll_interval_s: 60
+    points:
+      - name: unit_load
+        unit: kW
+        formula: p
+        inputs: {p: DCS-01.total_active_power}
+      - name: co2
+        feeds_emissions: true
+        direction: high
+        operating: {point: unit_load, above: 0}
+        missing_data: {selector: part75_tiered, max_potential: 15.0}
+"""
+    cfg = load_config(write_config(tmp_path, text))
+    stage = RulesStage(cfg.instruments, now_ms=T0)
+    derived: list[Derived] = []
+    for h in range(4):
+        batch = []
+        for m in range(60):
+            ts = T0 + h * H + m * 60_000
+            batch.append(Reading("CEMS-01", "unit_load", ts, 0.0 if h == 2 else 300_000.0 + m, "kW", Quality.GOOD,
+                                 "", Calibration.VALID))
+            batch.append(Reading("CEMS-01", "co2", ts, None if h == 2 else 11.0 + (m % 3) * 0.25, "%vol",
+                                 Quality.BAD if h == 2 else Quality.GOOD, "no_communication" if h == 2 else "",
+                                 Calibration.VALID))
+        derived += stage.process(batch)[1]
+        derived += stage.tick(T0 + (h + 1) * H)
+    aggs = {a["period_start"]: a for a in bodies(derived, "aggregates", "co2")}
+    assert aggs[T0 + 2 * H]["operating"] is False
+    assert bodies(derived, "substitutes", "co2") == []
