@@ -175,6 +175,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.config}: ok ({n} instruments, config version {cfg.version})")
         return EXIT_OK
     if args.command == "run":
+        from gateway.reload import hold_sighup
+
+        hold_sighup()  # a SIGHUP (systemctl reload) while starting is remembered, never the default: exit
         from gateway.app import Gateway
 
         cfg = _load(args.config)

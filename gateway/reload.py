@@ -173,6 +173,17 @@ def writer_ready(gw: Gateway, built_from: Config) -> None:
 
 # -- the reload itself --------------------------------------------------------------------------------------
 
+_held_sighup: list[bool] = []  # a SIGHUP came while no reloader listened (starting, stopping)
+
+
+def hold_sighup() -> None:
+    """Until a reloader listens, and again after it stops: a SIGHUP is remembered instead of its default
+    action (terminate, which systemd counts as a clean exit: no restart). The reloader, once listening,
+    reloads once for a SIGHUP remembered while starting (the configuration may have changed after it was read)."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to hold
+        signal.signal(signal.SIGHUP, lambda *_: _held_sighup.append(True))
+
+
 class Reloader:
     """SIGHUP -> `reload()`, one at a time (a SIGHUP during a reload asks for one more afterwards)."""
 
@@ -198,12 +209,17 @@ class Reloader:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.request)
             installed = True
+        if installed and _held_sighup:
+            _held_sighup.clear()
+            log.info("reload: a SIGHUP came while starting; reloading now")
+            self.request()
         try:
             yield
         finally:
             if installed:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signal.SIGHUP)
+                hold_sighup()  # stopping: a late SIGHUP must not kill the final commit
 
     async def run(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hypothesis import given, settings
@@ -119,3 +120,27 @@ async def test_a_restarted_writer_takes_the_changes_up_to_the_configuration_it_w
     assert changes[0].done.done()
     assert changes[1].done.done()
     assert not changes[2].done.done()
+
+
+async def test_a_sighup_while_starting_is_remembered_and_reloaded_once_the_reloader_listens() -> None:
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from gateway import reload
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        reload.hold_sighup()
+        os.kill(os.getpid(), signal.SIGHUP)  # the process survives: remembered, not the default action
+        await asyncio.sleep(0)
+        gw = SimpleNamespace(config=None)
+        r = reload.Reloader(gw, None, None, None, lambda: None)  # type: ignore[arg-type]
+        with r.on_sighup():
+            assert r._wanted.is_set()  # one reload asked for
+        os.kill(os.getpid(), signal.SIGHUP)  # after the reloader stopped: held again, harmless
+        await asyncio.sleep(0)
+        assert reload._held_sighup == [True]
+    finally:
+        reload._held_sighup.clear()
+        signal.signal(signal.SIGHUP, before)
