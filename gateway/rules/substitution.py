@@ -90,7 +90,11 @@ def substitute_gap(history: Sequence[HourValue], gap_hours: Sequence[int], polic
     records: list[SubstituteRecord] = []
     traces: list[GapTrace] = []
     ordinal = 0
-    for part in parts:
+    # One evaluation per (quarter part, N used, load bin): the routines of these selectors read nothing else of
+    # the hour, so a gap's hours share it. Without this an open gap re-evaluated every hour cost
+    # O(N x (N + W)) per hour once provisional values follow the tier (issue 10 item 3).
+    memo: dict[tuple[int, int, int | None], Outcome] | None = {} if policy.selector in _HOUR_FREE else None
+    for part_index, part in enumerate(parts):
         ctx = build_context(hist, gap, policy, inputs, alpha_hour=part[0])
         gap_trace = _gap_trace(ctx, instrument, point)
         traces.append(gap_trace)
@@ -100,7 +104,12 @@ def substitute_gap(history: Sequence[HourValue], gap_hours: Sequence[int], polic
                 continue
             n_used = ordinal if policy.length_rule == "per_hour_ordinal" else gap.n
             hv = by_hour[hour]
-            outcome = _evaluate_hour(ctx, hv, n_used)
+            key = (part_index, n_used, hv.load_bin)
+            outcome = None if memo is None else memo.get(key)
+            if outcome is None:
+                outcome = _evaluate_hour(ctx, hv, n_used)
+                if memo is not None:
+                    memo[key] = outcome
             value, clip_notes = _clip(outcome.value, policy)
             detail = _hour_trace(hv, ordinal, n_used, outcome, clip_notes)
             before = latest.get(hour)
@@ -111,6 +120,12 @@ def substitute_gap(history: Sequence[HourValue], gap_hours: Sequence[int], polic
                                             gap_trace, detail))
     out_hours = tuple(gap_hours)
     return GapSubstitution(out_hours, status, tuple(records), records[0].gap if records else traces[0])
+
+
+# Selectors whose routine depends on the hour only through N and its load bin (not e.g. per-hour estimates).
+_HOUR_FREE = frozenset({"part75_tiered", "hj75_tiered", "mean_plus_2sigma", "hour_before_after",
+                        "percentile_lookback", "max_lookback", "min_lookback", "last_good",
+                        "fixed_conservative_default"})
 
 
 def _quarter_offset(policy: SubstitutionPolicy) -> int | None:

@@ -103,3 +103,29 @@ def test_provisional_is_never_less_conservative_than_the_rule_or_the_last_good_v
         else:
             assert p <= r
             assert p <= held
+
+
+def test_a_gaps_hours_share_one_evaluation_per_n_and_load_bin(monkeypatch: Any) -> None:
+    """Provisional values now follow the tier, so an open gap re-evaluated every hour must not cost one lookback
+    per gap hour: a whole_period gap is evaluated once (per quarter part, N and load bin), the records still one
+    per hour, identical in value to a per-hour evaluation (per_hour_ordinal evaluates each N)."""
+    import gateway.rules.substitution as substitution
+
+    calls: list[int] = []
+    real = substitution._evaluate_hour
+
+    def counting(ctx: Any, hv: HourValue, n_used: int) -> Any:
+        calls.append(hv.hour)
+        return real(ctx, hv, n_used)
+
+    monkeypatch.setattr(substitution, "_evaluate_hour", counting)
+    policy = parse_policy_config({"selector": "part75_tiered", "direction": "high", "pma": 97, "max_potential": 20.0})
+    history = [HourValue(h, 10 + (h % 7) / 10) for h in range(100)] + [HourValue(h, None) for h in range(100, 160)]
+    res = substitute_gap(history, list(range(100, 160)), policy, point="p", inputs=GapInputs(gap_open=True))
+    assert len(res.records) == 60
+    assert len(calls) == 1
+    calls.clear()
+    ordinal = parse_policy_config({"selector": "part75_tiered", "direction": "high", "pma": 97, "max_potential": 20.0,
+                                   "length_rule": "per_hour_ordinal"})
+    substitute_gap(history, list(range(100, 160)), ordinal, point="p", inputs=GapInputs(gap_open=True))
+    assert len(calls) == 60
