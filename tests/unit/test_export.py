@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from gateway.cli import main
 from gateway.model import Calibration, Derived, Quality, Reading
@@ -67,6 +68,9 @@ def test_an_export_of_one_instrument_verifies_without_the_gateway(tmp_path: Path
     done = check(out)
     assert done.returncode == 0, done.stdout
     proof = json.loads((out / "proof.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schema" / "export-proof.schema.json"
+                         ).read_text())
+    Draft202012Validator(schema).validate(proof)
     head = proof["chains"]["readings"]["head"]
     assert links[head["pos"]] == head["hash"]  # the recipient compares it with what the gateway published
     assert f"head {head['pos']} {head['hash']}" in done.stdout
