@@ -184,7 +184,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _override(cfg, mqtt_url=args.mqtt_url, store=args.store)
         from gateway.settings import check_credentials
 
-        check_credentials(cfg.settings)  # issue 11: ${CREDENTIALS_DIRECTORY} files need the service's credentials
+        # issue 11: ${CREDENTIALS_DIRECTORY} files need the service's credentials
+        check_credentials(cfg.settings, cfg.instruments)
         from gateway.registry import check_store_path
 
         for problem in check_store_path(cfg.settings.store.path):  # one line and exit 1, not a traceback

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import stat
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -101,13 +102,18 @@ def credential_path(path: Path | str) -> Path:
     return Path(path)
 
 
-def check_credentials(settings: Settings) -> None:
+def check_credentials(settings: Settings, instruments: Iterable[Any] = ()) -> None:
     """For `run`: a `${CREDENTIALS_DIRECTORY}/` file without credentials is a ConfigError (exit 2), not a
-    warning as in `validate` or the reports run by hand beside the service."""
+    warning as in `validate` or the reports run by hand beside the service. `instruments`: compiled
+    instruments whose connection has a `security` block (OPC UA: password_file, client_cert, client_key)."""
     m = settings.mqtt
-    files = {"mqtt.password_file": m.password_file}
+    files: dict[str, Any] = {"mqtt.password_file": m.password_file}
     if m.tls is not None:
         files.update({f"mqtt.tls.{k}": getattr(m.tls, k) for k in ("ca_file", "cert_file", "key_file")})
+    for spec in instruments:
+        sec = getattr(getattr(spec, "connection", None), "security", None)
+        for key in ("password_file", "client_cert", "client_key"):
+            files[f"instrument {spec.id}: connection.security.{key}"] = getattr(sec, key, None)
     for name, path in files.items():
         if path is not None:
             try:

@@ -18,7 +18,7 @@ from drivers.base import PlannedPoint, ProtocolPlugin, Reporter, SubscribingDriv
 from drivers.opcua.spec import OpcUaDevice, OpcUaPoint, OpcUaSecurity
 from gateway.errors import ConfigError
 from gateway.schema_base import MIN_POLL_INTERVAL_S, ConnectionBase, PointBase, Strict, is_loopback_host
-from gateway.settings import read_secret_file
+from gateway.settings import CredentialsUnavailable, credential_path, read_secret_file
 
 
 class OpcUaPointModel(PointBase):
@@ -82,6 +82,10 @@ def _secret(sec: Any, file_key: str | None, env_key: str, ctx: Reporter) -> str 
     if path is not None:
         try:
             return read_secret_file(Path(path))
+        except CredentialsUnavailable:
+            # A command run by hand beside the service (`status`, `instruments` ...) has no systemd credentials
+            # and needs none; `run` without them is refused (settings.check_credentials).
+            return None
         except ValueError as err:
             ctx.error(("connection", "security", file_key), f"connection.security.{file_key}", str(err))  # type: ignore[arg-type]
             return None
@@ -92,6 +96,20 @@ def _secret(sec: Any, file_key: str | None, env_key: str, ctx: Reporter) -> str 
                       f"environment variable {env} is not set")
         return value
     return None
+
+
+def _file(sec: Any, key: str, ctx: Reporter) -> str | None:
+    """A client certificate or key path, `${CREDENTIALS_DIRECTORY}/NAME` resolved (systemd LoadCredential=)."""
+    path = getattr(sec, key)
+    if path is None:
+        return None
+    try:
+        return str(credential_path(path))
+    except CredentialsUnavailable:
+        return path  # not under the service: only `run` opens it, and it refuses first (settings.check_credentials)
+    except ValueError as err:
+        ctx.error(("connection", "security", key), f"connection.security.{key}", str(err))
+        return None
 
 
 class OpcUaPlugin(ProtocolPlugin):
@@ -126,9 +144,10 @@ class OpcUaPlugin(ProtocolPlugin):
         password = _secret(sec, "password_file", "password_env", ctx)
         # The variable's value is the passphrase of client_key (it was once read as a file name).
         key_password = _secret(sec, None, "key_password_env", ctx)
+        client_cert, client_key = (_file(sec, "client_cert", ctx), _file(sec, "client_key", ctx))
         try:
-            security = OpcUaSecurity(policy=sec.policy, mode=sec.mode, client_cert=sec.client_cert,  # type: ignore[arg-type]
-                                     client_key=sec.client_key, client_key_password=key_password,
+            security = OpcUaSecurity(policy=sec.policy, mode=sec.mode, client_cert=client_cert,  # type: ignore[arg-type]
+                                     client_key=client_key, client_key_password=key_password,
                                      application_uri=sec.application_uri, trust_dir=sec.trust_dir,
                                      trusted_certs=tuple(sec.trusted_certs), crl_dir=sec.crl_dir,
                                      trust_server_certificate_without_check=sec.trust_server_certificate_without_check,

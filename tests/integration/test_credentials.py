@@ -78,3 +78,39 @@ def test_run_reads_the_password_from_the_credentials_directory(tmp_path: Path, p
             assert "right-secret" not in out.stderr
         finally:
             rec.stop()
+
+
+OPCUA = """\
+instruments:
+  - id: CEMS-UA
+    name: stack CEMS over OPC UA
+    kind: gas_analyzer
+    connection:
+      protocol: opcua
+      endpoint: opc.tcp://127.0.0.1:14840/
+      security: {username: gateway, password_file: "${CREDENTIALS_DIRECTORY}/opcua-password"}
+    points:
+      - {name: co2, node_id: "ns=2;s=CEMS.CO2", unit: "%vol", mode: poll}
+"""
+
+
+def test_opcua_password_credential_by_hand_and_under_the_service(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg", OPCUA, store=tmp_path / "gw.db")
+    base = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    # By hand (no credentials): the technician's commands work, run refuses naming the instrument's field.
+    out = gateway("instruments", "--config", str(cfg), env=base)
+    assert out.returncode == 0, out.stderr
+    out = gateway("run", "--config", str(cfg), "--duration", "1", env=base)
+    assert out.returncode == 2
+    assert "instrument CEMS-UA: connection.security.password_file: " in out.stderr
+    assert "$CREDENTIALS_DIRECTORY is not set" in out.stderr
+    # Under the service: the credential is read (a missing one is a located error, an empty one too).
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    env = {**base, "CREDENTIALS_DIRECTORY": str(creds)}
+    out = gateway("validate", "--config", str(cfg), env=env)
+    assert out.returncode == 2
+    assert "connection.security.password_file: cannot read" in out.stderr
+    (creds / "opcua-password").write_text("s3cret\n")
+    out = gateway("validate", "--config", str(cfg), env=env)
+    assert out.returncode == 0, out.stderr
