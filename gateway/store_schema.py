@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = MetaData()
 
@@ -58,7 +58,7 @@ samples = Table(
 QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
 CALIBRATION_CODES = {"valid": 0, "due_soon": 1, "expired": 2, "unknown": 3}
 
-_READINGS_VIEW = (
+_READINGS_VIEW_V5 = (
     "CREATE VIEW readings AS SELECT r.id AS id, s.instrument AS instrument, s.point AS point, r.ts_ms AS ts_ms, "
     "r.value AS value, s.unit AS unit, "
     "CASE r.code & 3 WHEN 0 THEN 'good' WHEN 1 THEN 'uncertain' ELSE 'bad' END AS quality, "
@@ -72,6 +72,13 @@ _READINGS_VIEW = (
     "NULL AS hash "
     "FROM samples r JOIN series s ON s.id = r.series"
 )
+# Schema 9: `hash` is the SHA-256 (hex) of the hash-chain link covering the row (gateway/chain.py), NULL for a
+# row stored before the chain. One seek on the chain's key per row, and only when the column is read.
+_READINGS_VIEW = _READINGS_VIEW_V5.replace(
+    "NULL AS hash ",
+    "(SELECT CASE WHEN c.last_id >= r.id THEN lower(hex(c.hash)) END FROM chain_links c WHERE c.chain = 1 "
+    "AND c.first_id <= r.id ORDER BY c.first_id DESC LIMIT 1) AS hash ")
+assert _READINGS_VIEW != _READINGS_VIEW_V5
 _READINGS_INSERT = (
     "CREATE TRIGGER readings_insert INSTEAD OF INSERT ON readings BEGIN "
     "INSERT OR IGNORE INTO series (instrument, point, unit) VALUES (NEW.instrument, NEW.point, NEW.unit); "
@@ -90,11 +97,11 @@ _TIME_INDEX = ("CREATE INDEX IF NOT EXISTS messages_by_time ON messages (instrum
 _VIEWS_V5: list[str] = [
     "INSERT OR IGNORE INTO labels (id, text) VALUES (0, '')",
     "CREATE INDEX IF NOT EXISTS messages_by_last_id ON messages (kind, last_id)",
-    _READINGS_VIEW,
+    _READINGS_VIEW_V5,
     _READINGS_INSERT,
 ]
 # Run after metadata.create_all for a new store (SQLAlchemy Core declares tables, not views).
-VIEWS: list[str] = [*_VIEWS_V5, _TIME_INDEX]
+VIEWS: list[str] = [*_VIEWS_V5[:2], _READINGS_VIEW, _READINGS_INSERT, _TIME_INDEX]
 
 messages = Table(
     "messages",
@@ -266,6 +273,13 @@ MIGRATIONS: list[list[str]] = [
         # before), and would make the upgrade read every row at start-up; `verify` counts them as
         # "before the chain".
         CHAIN_LINKS_DDL,
+    ],
+    [
+        # 8 -> 9: the `readings` view's `hash` column shows the hash of the chain link covering the row (it was
+        # always NULL). Dropping the view drops its INSERT trigger: both are made again.
+        "DROP VIEW IF EXISTS readings",
+        _READINGS_VIEW,
+        _READINGS_INSERT,
     ],
 ]
 

@@ -19,7 +19,7 @@ from gateway.chain_verify import verify
 from gateway.cli import main
 from gateway.model import Calibration, Derived, Quality, Reading
 from gateway.store import Store
-from gateway.store_schema import SCHEMA_VERSION
+from gateway.store_schema import _READINGS_INSERT, _READINGS_VIEW_V5, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -134,7 +134,11 @@ def test_each_message_carries_its_link_live_and_from_the_backlog(tmp_path: Path)
     assert len(live) == 9
     with sqlite3.connect(path) as db:
         links = {(int(last), bytes(h)) for last, h in db.execute("SELECT last_id, hash FROM chain_links")}
+        view = db.execute("SELECT id, hash FROM readings ORDER BY id").fetchall()
+        ends = sorted((int(last), bytes(h).hex()) for last, h in db.execute(
+            "SELECT last_id, hash FROM chain_links WHERE chain = 1"))
     assert set(live.values()) == links
+    assert all(h == next(lh for last, lh in ends if last >= rid) for rid, h in view)  # the `hash` column
 
 
 # -- verify -------------------------------------------------------------------------------------------------
@@ -231,6 +235,9 @@ def test_a_schema_6_store_migrates_and_the_chain_starts_after_its_rows(tmp_path:
     path = tmp_path / "s.db"
     fill(path).close()
     with sqlite3.connect(path) as db:  # back to schema 6: no chain
+        db.execute("DROP VIEW readings")  # the view of schema 6, whose `hash` was NULL
+        db.execute(_READINGS_VIEW_V5)
+        db.execute(_READINGS_INSERT)
         db.execute("DROP TABLE chain_links")
         db.execute("DROP TABLE IF EXISTS config_history")
         db.execute("DELETE FROM meta WHERE key LIKE 'chain:%'")
@@ -247,6 +254,11 @@ def test_a_schema_6_store_migrates_and_the_chain_starts_after_its_rows(tmp_path:
         assert db.execute("SELECT * FROM readings WHERE id <= 21 ORDER BY id").fetchall() == before
         assert db.execute("SELECT value FROM meta WHERE key = 'chain:readings'").fetchone()[0].split()[:2] == \
             ["22", "21"]
+    with sqlite3.connect(path) as db:  # the view's hash: the covering link's, NULL before the chain
+        hashes = dict(db.execute("SELECT id, hash FROM readings").fetchall())
+        link = bytes(db.execute("SELECT hash FROM chain_links WHERE chain = 1").fetchone()[0]).hex()
+    assert {hashes[i] for i in range(1, 22)} == {None}
+    assert {hashes[i] for i in range(22, 26)} == {link}
     code, out = verify_line(path, capsys)
     assert code == 0, out
     assert "readings chain: 1 links, 4 rows ok" in out
