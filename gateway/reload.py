@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway import config_history
+from gateway import config_history, service
 from gateway.errors import ConfigError, ConfigErrors, StoreError
 
 if TYPE_CHECKING:
@@ -225,7 +225,14 @@ class Reloader:
         while True:
             await self._wanted.wait()
             self._wanted.clear()
-            await self.reload()
+            # systemd (Type=notify): RELOADING=1 while the configuration is re-read, READY=1 when done either way,
+            # so `systemctl reload` returns once the reload has been applied or refused.
+            service.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            result = "failed"
+            try:
+                result = await self.reload()
+            finally:
+                service.notify("READY=1", f"STATUS=reload {result} (configuration {self.gw.config.version})")
 
     def _status(self, result: str, **extra: Any) -> None:
         self.gw.reload_status = {"at": self.gw.clock.wall_ms(), "result": result,

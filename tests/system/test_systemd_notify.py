@@ -117,6 +117,9 @@ async def test_ready_status_watchdog_and_a_stuck_loop_stops_the_pings(
         await listener.close()
     assert code == 0
     assert listener.lines("STOPPING"), "no STOPPING=1 on shutdown"
-    assert len(listener.lines("READY")) == 1
+    # READY=1 at start, and again after the reload, which RELOADING=1 announced
+    assert len(listener.lines("READY")) == 2
+    (reloading,) = listener.lines("RELOADING")
+    assert listener.lines("READY")[0][0] < reloading[0] <= listener.lines("READY")[1][0]
     text = gateway_log.read_text()
     assert "Traceback" not in text
