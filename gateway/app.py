@@ -210,7 +210,7 @@ class Gateway:
         st = self.config.settings
         p = ConnectionPoller(make_connection(specs[0], self.clock), specs, queue, self.clock,
                              backoff_min_s=st.limits.backoff_min_s, backoff_max_s=st.limits.backoff_max_s,
-                             on_poll_start=self.overload.poll_started, phase=poll_phase(len(self.pollers)))
+                             on_poll_start=self.overload.poll_started)
         self.pollers.append(p)
         self.supervisor.spawn(self.poller_name(p), p.run, on_failure=self._mark_failed(p.specs, queue))
         return p
@@ -419,12 +419,6 @@ class Gateway:
                             "carbon_records": self.carbon.issued},
                 **({"reload": self.reload_status} if self.reload_status is not None else {}),
                 **({"replay": self.replayer.status()} if self.replayer is not None else {})}
-
-
-def poll_phase(k: int) -> float:
-    """The k-th connection's schedule phase: the golden-ratio sequence spreads any number of connections
-    evenly over the second without knowing how many will come (a reload adds some); the first starts at 0."""
-    return k * 0.6180339887498949 % 1.0
 
 
 def tick_time(now_ms: int, oldest_queued_ms: int | None) -> int:

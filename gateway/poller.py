@@ -34,8 +34,7 @@ class ConnectionPoller:
     def __init__(self, conn: PollingDriver, specs: Sequence[InstrumentSpec], out: ReadingQueue, clock: Clock,
                  *, backoff_min_s: float, backoff_max_s: float, seed: int | None = None,
                  on_readings: Callable[[str, int], None] | None = None,
-                 on_poll_start: Callable[[str, float, float], None] | None = None,
-                 phase: float = 0.0) -> None:
+                 on_poll_start: Callable[[str, float, float], None] | None = None) -> None:
         self.conn = conn
         self.specs = list(specs)
         self.out = out
@@ -46,10 +45,6 @@ class ConnectionPoller:
         self.ingest = Ingest(out, specs, on_readings=on_readings)
         self.late_polls = {s.id: 0 for s in specs}  # polls that started over half an interval after their due time
         self._on_poll_start = on_poll_start  # (instrument, seconds late, interval): overload detection
-        # Where in its first second (or shortest interval) this connection's schedule starts, in [0, 1): the
-        # gateway spreads its connections so that hundreds of meters polled at 1 s do not all answer in the
-        # same loop iteration (issue 8: a ~75 ms stall of the event loop every second at 500 meters).
-        self.phase = phase
         self._polling = False  # a poll is under way (its readings not yet queued)
         self._park: asyncio.Event | None = None  # set by park(): stop between polls
 
@@ -68,8 +63,7 @@ class ConnectionPoller:
         return True
 
     async def run(self) -> None:
-        shortest = min((s.poll_interval_s for s in self.specs), default=1.0)
-        start = self.clock.monotonic() + self.phase * min(1.0, shortest)
+        start = self.clock.monotonic()
         # Stagger first polls so devices sharing a connection do not all fall due together.
         due = {s.id: start + i * min(0.05, s.poll_interval_s / max(1, len(self.specs)))
                for i, s in enumerate(self.specs)}
