@@ -414,8 +414,7 @@ class Gateway:
         return {"version": __version__, "instruments": instruments, "components": sup.snapshot(),
                 "clock": self.timekeeper.status(), "overload": self.overload.status(),
                 "loop_lag": self.loop_lag.status(),
-                "derived": {"points": len(self.config.derived.points), "computed": self.derived.computed,
-                            "not_computed": self.derived.failed, "sources": len(self.carbon.methods),
+                "derived": {**self.derived.status(), "sources": len(self.carbon.methods),
                             "carbon_records": self.carbon.issued},
                 **({"reload": self.reload_status} if self.reload_status is not None else {}),
                 **({"replay": self.replayer.status()} if self.replayer is not None else {})}

@@ -328,6 +328,8 @@ class Reloader:
         derived = DerivedStage(new.derived)
         derived.latest.update(gw.derived.latest)
         derived.computed, derived.failed = gw.derived.computed, gw.derived.failed
+        kept = {(dp.instrument, dp.point) for dp in new.derived.points}
+        derived.failing.update({k: v for k, v in gw.derived.failing.items() if k in kept})
         gw.derived = derived
         if p.instruments_changed or old_m.get("derived_files") != new_m.get("derived_files"):
             # Hourly carbon records per source (issue 13): rebuilt from the store, as by a restarted writer.

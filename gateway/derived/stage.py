@@ -13,6 +13,7 @@ Sits between tagging and the rules stage; pure apart from its memory of the late
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from gateway.derived.config import DerivedPlan, DerivedPoint
@@ -24,6 +25,8 @@ REASON_INPUT_STALE = "input_stale"  # an input's newest reading is outside the w
 REASON_INPUT_BAD = "input_bad"  # the formula needed an input whose reading has no value
 REASON_CONSTANT = "constant_not_valid"  # a constant has no value valid at that time
 REASON_NOT_COMPUTABLE = "not_computable"  # division by zero, or a result that is not a finite number
+
+log = logging.getLogger("gateway.derived")
 
 _CAL_RANK = {Calibration.VALID: 0, Calibration.DUE_SOON: 1, Calibration.UNKNOWN: 2, Calibration.EXPIRED: 3}
 _Q_RANK = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
@@ -43,6 +46,9 @@ class DerivedStage:
             self._by_trigger.setdefault((first[1], first[2]), []).append(dp)
         self.computed = 0
         self.failed = 0
+        # (instrument, point) -> reason, while a derived point cannot be computed: one log line when it
+        # starts, one when it ends, and the list on the status topic (derived.failing).
+        self.failing: dict[tuple[str, str], str] = {}
 
     def __bool__(self) -> bool:
         return bool(self.plan.points)
@@ -79,6 +85,24 @@ class DerivedStage:
         return out
 
     def evaluate(self, dp: DerivedPoint, ts_ms: int) -> Reading:
+        out = self._evaluate(dp, ts_ms)
+        key = (dp.instrument, dp.point)
+        if out.value is None:
+            if self.failing.get(key) != out.reason:
+                log.warning("derived point %s.%s cannot be computed: %s (%s); readings are stored bad until it can",
+                            dp.instrument, dp.point, out.reason, dp.formula.text)
+                self.failing[key] = out.reason
+        elif key in self.failing:
+            del self.failing[key]
+            log.info("derived point %s.%s is computed again", dp.instrument, dp.point)
+        return out
+
+    def status(self) -> dict[str, object]:
+        """The status topic's `derived` field."""
+        return {"points": len(self.plan.points), "computed": self.computed, "not_computed": self.failed,
+                "failing": {f"{i}.{p}": reason for (i, p), reason in sorted(self.failing.items())}}
+
+    def _evaluate(self, dp: DerivedPoint, ts_ms: int) -> Reading:
         samples: dict[str, Sample] = {}
         worst_q, worst_cal, reason = Quality.GOOD, Calibration.VALID, ""
         missing = stale = ""

@@ -51,6 +51,8 @@ def test_derived_points_arrive_as_readings_equal_to_their_formula(config_dir: Pa
     try:
         assert recorder.wait_for(lambda: len(derived("co2_rate")) >= 5 and len(derived("aux_power_mw")) >= 5, 30), \
             (tmp_path / "gw.log").read_text()[-2000:]
+        assert recorder.wait_for(lambda: any(b.get("derived", {}).get("computed", 0) > 0
+                                             for b in recorder.by_topic_suffix("/status")), 10)
     finally:
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(15) == 0
@@ -76,3 +78,11 @@ def test_derived_points_arrive_as_readings_equal_to_their_formula(config_dir: Pa
     v = validator("readings")
     for body in recorder.readings():
         v.validate(body)
+    # The status topic counts them; once running, none is listed as failing (every input is read each poll).
+    derived_status = [b["derived"] for b in recorder.by_topic_suffix("/status") if "derived" in b]
+    assert {d["points"] for d in derived_status} == {2}
+    running = [d for d in derived_status if d["computed"] > 0]
+    assert running, derived_status
+    assert running[-1]["failing"] == {}
+    for body in recorder.by_topic_suffix("/status"):
+        validator("status").validate(body)

@@ -80,3 +80,18 @@ def test_a_poll_uses_its_own_points_not_the_previous_polls(stage: DerivedStage) 
 
 def test_readings_of_other_points_are_ignored(stage: DerivedStage) -> None:
     assert stage.process([r("o2", 1, 3.0), r("volume_flow", 1, 2.0, inst="FT-01")]) == []
+
+
+def test_a_derived_point_that_cannot_be_computed_is_loud_once_at_start_and_once_at_end(
+        stage: DerivedStage, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="gateway.derived")
+    stage.process([r("co2", 1_000, 12.0)])  # the flow has never been read
+    stage.process([r("co2", 2_000, 12.0)])  # still failing: no second line
+    assert stage.status()["failing"] == {"CEMS-01.co2_rate": REASON_INPUT_MISSING}
+    starts = [m for m in caplog.messages if "cannot be computed" in m]
+    assert len(starts) == 1
+    assert "CEMS-01.co2_rate" in starts[0]
+    assert REASON_INPUT_MISSING in starts[0]
+    stage.process(poll(3_000))
+    assert stage.status()["failing"] == {}
+    assert [m for m in caplog.messages if "computed again" in m] == ["derived point CEMS-01.co2_rate is computed again"]
