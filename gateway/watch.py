@@ -10,8 +10,9 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -70,6 +71,23 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"carbon-watch-{int(time.time())}")
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
+    def frame(elapsed: float) -> tuple[str, bool]:
+        with lock:
+            table = _render(views, status, elapsed)
+            if derived:
+                table += "\nrules engine: " + ", ".join(f"{k} {v}" for k, v in sorted(derived.items()))
+            if carbon:
+                table += "\n" + _render_carbon(carbon)
+            done = bool(until_instruments) and sum(1 for v in views.values() if v.readings) >= until_instruments
+        return table, done
+
+    return run_table(client, parsed, frame, duration_s=duration_s, until_instruments=until_instruments)
+
+
+def run_table(client: mqtt.Client, parsed: ParseResult, frame: Callable[[float], tuple[str, bool]], *,
+              duration_s: float | None, until_instruments: int) -> int:
+    """Connect, then print `frame(elapsed)` every second (redrawn in place on a terminal) until the duration
+    ends, Ctrl-C, or the frame says it is done (exit 0; 1 when --until-instruments was not reached)."""
     host, port = parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
     try:
         client.connect(host, port)
@@ -83,13 +101,7 @@ def watch(url: str, prefix: str, *, duration_s: float | None, until_instruments:
     try:
         while duration_s is None or time.monotonic() - start < duration_s:
             time.sleep(1.0)
-            with lock:
-                table = _render(views, status, time.monotonic() - start)
-                if derived:
-                    table += "\nrules engine: " + ", ".join(f"{k} {v}" for k, v in sorted(derived.items()))
-                if carbon:
-                    table += "\n" + _render_carbon(carbon)
-                done = until_instruments and sum(1 for v in views.values() if v.readings) >= until_instruments
+            table, done = frame(time.monotonic() - start)
             print(("\033[2J\033[H" if tty else "") + table, flush=True)
             if done:
                 return 0

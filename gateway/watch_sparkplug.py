@@ -8,7 +8,6 @@ are counted on each device's `Readings/Seq` (the store's seq), as `watch` does o
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.sparkplug.payload import decode
-from gateway.watch import InstrumentView, _render
+from gateway.watch import InstrumentView, _render, run_table
 
 QUALITY_BAD = 0
 
@@ -136,28 +135,10 @@ def watch_sparkplug(url: str, *, duration_s: float | None, until_instruments: in
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"carbon-watch-spb-{int(time.time())}")
     client.on_message = lambda _c, _u, msg: view.feed(msg.topic, bytes(msg.payload))
     client.on_connect = lambda c, *_: c.subscribe("spBv1.0/#", qos=1)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
-    try:
-        client.connect(host, port)
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        print(f"error: cannot connect to the mqtt broker {host}:{port}: {reason}", file=sys.stderr)
-        return 1
-    client.loop_start()
-    start = time.monotonic()
-    tty = sys.stdout.isatty()
-    try:
-        while duration_s is None or time.monotonic() - start < duration_s:
-            time.sleep(1.0)
-            table = view.render(time.monotonic() - start)
-            print(("\033[2J\033[H" if tty else "") + table, flush=True)
-            with view.lock:
-                done = until_instruments and sum(1 for v in view.devices.values() if v.readings) >= until_instruments
-            if done:
-                return 0
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return 0 if not until_instruments else 1
+    def frame(elapsed: float) -> tuple[str, bool]:
+        table = view.render(elapsed)
+        with view.lock:
+            done = bool(until_instruments) and sum(1 for v in view.devices.values() if v.readings) >= until_instruments
+        return table, done
+
+    return run_table(client, parsed, frame, duration_s=duration_s, until_instruments=until_instruments)
