@@ -415,7 +415,8 @@ class Gateway:
                 "clock": self.timekeeper.status(), "overload": self.overload.status(),
                 "loop_lag": self.loop_lag.status(),
                 "derived": {**self.derived.status(), "sources": len(self.carbon.methods),
-                            "carbon_records": self.carbon.issued},
+                            "carbon_records": self.carbon.issued,
+                            "carbon_incomplete_hours": len(self.carbon.incomplete)},
                 **({"reload": self.reload_status} if self.reload_status is not None else {}),
                 **({"replay": self.replayer.status()} if self.replayer is not None else {})}
 

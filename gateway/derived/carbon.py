@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from gateway.derived.formula import Sample
 from gateway.instruments import InstrumentSpec
 from gateway.model import Derived
 from gateway.units import conversion
+
+log = logging.getLogger("gateway.derived")
 
 KIND = "carbon"
 SCHEMA = "carbon-gateway/carbon/1"
@@ -101,6 +104,7 @@ class CarbonStage:
             self.watch.update((i, p) for _n, i, p in m.inputs)
         self.hours: dict[tuple[str, int], _Hour] = {}
         self.issued = 0
+        self.incomplete: set[tuple[str, int]] = set()  # hours issued incomplete and not completed since
 
     def __bool__(self) -> bool:
         return bool(self.plan.methods)
@@ -188,6 +192,15 @@ class CarbonStage:
         body = self._body(source, start, methods, hour)
         hour.record_id = body["record_id"]
         self.issued += 1
+        if body["quality"] == "incomplete":
+            if key not in self.incomplete:
+                missing = "; ".join(f"{n}: {', '.join(r['missing'])}" for n, r in methods.items() if r.get("missing"))
+                log.warning("carbon record %s hour %d incomplete (version %d): %s", source, start, hour.version,
+                            missing)
+            self.incomplete.add(key)
+        elif key in self.incomplete:
+            self.incomplete.discard(key)
+            log.info("carbon record %s hour %d complete (version %d)", source, start, hour.version)
         return Derived(KIND, source, "", start, body)
 
     def _body(self, source: str, start: int, methods: dict[str, dict[str, Any]], hour: _Hour) -> dict[str, Any]:

@@ -88,7 +88,9 @@ def test_nothing_is_issued_until_every_method_can_be_computed(stage: CarbonStage
     assert rec.body["quality"] == "measured"
 
 
-def test_an_input_that_never_comes_is_reported_as_missing_after_the_settle_time(stage: CarbonStage) -> None:
+def test_an_input_that_never_comes_is_reported_as_missing_after_the_settle_time(
+        stage: CarbonStage, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="gateway.derived")
     stage.feed([agg("CEMS-01", "co2", H, 10.0, "%vol"), agg("CEMS-01", "flue_gas_flow", H, 1.0, "Nm3/h")],
                now_ms=H + HOUR)
     (rec,) = stage.feed([], now_ms=H + 3 * HOUR)
@@ -97,6 +99,15 @@ def test_an_input_that_never_comes_is_reported_as_missing_after_the_settle_time(
     assert rec.body["methods"]["fuel"]["co2_kg"] is None
     assert rec.body["methods"]["fuel"]["missing"] == ["FT-01.totalizer_1"]
     assert rec.body["methods"]["cems"]["co2_kg"] is not None
+    # loud: one WARNING when issued incomplete, counted for the status topic, one INFO when completed
+    (warning,) = [m for m in caplog.messages if "incomplete" in m]
+    assert "FT-01.totalizer_1" in warning
+    assert stage.incomplete == {("boiler1", H)}
+    (late,) = stage.feed([total(H, 1.0)], now_ms=H + 3 * HOUR)
+    assert late.body["quality"] == "measured"
+    assert late.body["version"] == 2
+    assert stage.incomplete == set()
+    assert [m for m in caplog.messages if "complete (version 2)" in m]
 
 
 def test_a_substituted_input_makes_the_result_substituted_and_is_reissued_when_final(stage: CarbonStage) -> None:
