@@ -17,6 +17,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,22 @@ def still_pending(db: Path) -> set[tuple[str, int]]:
                                 "WHERE m.kind='readings'").fetchall())
 
 
-def assert_delivered_equals_committed(db: Path, readings: list[dict[str, Any]]) -> int:
+def acked_but_unseen(db: Path, readings: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """Readings messages the broker PUBACKed that no recorder has (yet) read: the broker forwards a message
+    to subscribers as it acknowledges it, so a recorder may still have it in its socket when the gateway
+    stops. Wait for this to be empty before stopping the recorders, or the test loses what the product did not."""
+    return set(committed(db)) - still_pending(db) - set(dedup_by_seq(readings))
+
+
+def assert_delivered_equals_committed(db: Path, source: Callable[[], list[dict[str, Any]]]) -> int:
     """The subscriber's readings, deduplicated by (instrument, seq), are exactly what the store committed,
     same content under the same seq; a committed message not (yet) delivered must still be pending in the
-    outbox (the tail committed by a clean stop, sent on the next start). Returns the number of messages."""
+    outbox (the tail committed by a clean stop, sent on the next start). `source` reads the live recorders:
+    what the broker acknowledged last is given up to 10 s to reach them. Returns the number of messages."""
+    deadline = time.monotonic() + 10
+    while acked_but_unseen(db, source()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the recorders run on their own threads
+    readings = source()
     store = committed(db)
     got = dedup_by_seq(readings)
     missing = set(store) - set(got)

@@ -100,7 +100,7 @@ async def test_clock_stepped_a_day_forward_and_an_hour_back(
     now = int(time.time() * 1000)
     assert stepped[1] > now + DAY - 2 * HOUR  # marked readings on the new timeline
     assert {e["instrument"] for e in events if e.get("cause") == "clock_step"} == set(INSTRUMENTS)
-    assert_delivered_equals_committed(db, recorder.readings())
+    assert_delivered_equals_committed(db, recorder.readings)
     dedup = dedup_by_seq(recorder.readings())
     for inst in INSTRUMENTS:
         assert seqs_without_holes(dedup, inst), inst
@@ -147,5 +147,5 @@ async def test_overload_is_detected_reported_and_not_blamed_on_meters(
     assert not [e for e in events if e.get("cause") == "communication_loss" and e["kind"] == "open"
                 and e["start_ms"] >= since], events
     assert {e["instrument"] for e in events if e.get("cause") == "gateway_overload"} <= set(INSTRUMENTS)
-    assert_delivered_equals_committed(db, recorder.readings())
+    assert_delivered_equals_committed(db, recorder.readings)
     assert_integrity_ok(db)

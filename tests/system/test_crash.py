@@ -69,7 +69,7 @@ async def test_kill9_ten_times_while_polling_and_draining(tmp_path: Path, ports:
             f"seed {seed}: {sorted(set(snapshot) - set(dedup_by_seq(recorder.readings())))[:10]}"
     finally:
         assert stop_gateway(gw) == 0
-    assert_delivered_equals_committed(db, recorder.readings())
+    assert_delivered_equals_committed(db, recorder.readings)
     dedup = dedup_by_seq(recorder.readings())
     for inst in ("PM-01", "FT-01", "CEMS-01"):
         assert seqs_without_holes(dedup, inst), (seed, inst)

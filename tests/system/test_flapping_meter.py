@@ -54,7 +54,7 @@ async def test_flapping_meter_beside_healthy_ones(tmp_path: Path, ports: tuple[i
     ft_gaps = [e for e in gap_events(db, "FT-01") if e.get("cause") == "communication_loss"]
     assert sum(e["kind"] == "open" for e in ft_gaps) >= FLAPS - 1
     assert sum(e["kind"] == "close" for e in ft_gaps) >= FLAPS - 1
-    assert_delivered_equals_committed(db, recorder.readings())
+    assert_delivered_equals_committed(db, recorder.readings)
     dedup = dedup_by_seq(recorder.readings())
     bad = {r["reason"] for (i, _s), b in dedup.items() if i == "FT-01" for r in b["readings"] if r["quality"] == "bad"}
     assert bad & {"no_communication", "timeout"}

@@ -131,7 +131,7 @@ async def test_sighup_rejects_a_broken_configuration_and_applies_a_good_one(
     dedup = dedup_by_seq(recorder.readings())
     for inst in ("PM-01", "FT-01", "CEMS-01", "PM-02"):
         assert seqs_without_holes(dedup, inst), inst
-    assert_delivered_equals_committed(db, recorder.readings())
+    assert_delivered_equals_committed(db, recorder.readings)
     assert_integrity_ok(db)
     history = subprocess.run([sys.executable, "-m", "gateway", "config", "history", "--store", str(db), "--format",
                               "json"], capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -98,7 +98,7 @@ async def test_store_fills_up_then_space_returns(tmp_path: Path, ports: tuple[in
             assert stop_gateway(gw) == 0
         after = committed(db)
         assert all(after[k] == v for k, v in full.items())  # committed before the failure: intact
-        assert_delivered_equals_committed(db, recorder.readings())
+        assert_delivered_equals_committed(db, recorder.readings)
         assert_integrity_ok(db)
     assert "Traceback" not in gateway_log.read_text()
 
