@@ -17,6 +17,7 @@ import asyncio
 import ssl
 import sys
 import threading
+from collections import deque
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -92,6 +93,8 @@ class MqttTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._will: Publish | None = None
         self._client: _PahoClient | None = None
+        self._acks: deque[tuple[int, str | None]] = deque()  # PUBACKs from paho's thread, taken on the loop
+        self._acks_hop = False  # a hop to take them is scheduled
 
     @property
     def where(self) -> str:
@@ -187,10 +190,12 @@ class MqttTransport:
 
     # -- paho thread -> event loop -------------------------------------------------------------------
 
-    def _hop(self, fn: Any, *args: Any) -> None:
+    def _hop(self, fn: Any, *args: Any) -> bool:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(fn, *args)
+            return True
+        return False
 
     def _paho_connect(self, _c: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Any) -> None:
         self._hop(self._on_connect, str(rc), rc.is_failure)
@@ -204,9 +209,23 @@ class MqttTransport:
         self._hop(self._listener.transport_disconnected, str(rc))
 
     def _paho_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        assert self._listener is not None
         # MQTT 5 PUBACK with a failure reason (e.g. quota exceeded): not delivered.
-        self._hop(self._listener.transport_acked, mid, str(rc) if rc.is_failure else None)
+        self._acks.append((mid, str(rc) if rc.is_failure else None))
+        # One hop for every PUBACK that arrives before the loop takes them, not one wake-up of the event loop
+        # per PUBACK (500 a second at plant load; issue 8). The flag is cleared before the acks are taken, so
+        # an ack appended meanwhile is either taken by that hop or schedules the next one: none waits.
+        if not self._acks_hop:
+            self._acks_hop = True  # before the hop: the loop may take the acks before _hop returns
+            if not self._hop(self._take_acks):
+                self._acks_hop = False  # no loop (stopping): nothing to take them
+
+    def _take_acks(self) -> None:
+        self._acks_hop = False
+        acks, listener = self._acks, self._listener
+        assert listener is not None
+        while acks:
+            mid, failure = acks.popleft()
+            listener.transport_acked(mid, failure)
 
     def _paho_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self._listener is not None
