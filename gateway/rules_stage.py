@@ -366,6 +366,7 @@ class RulesStage:
         tick_due = self._tick_due
         good = Quality.GOOD
         feed = gaps.feed
+        seen_valid = gaps.seen_valid
         isfinite = math.isfinite
         append = out.append
         for r in readings:
@@ -390,20 +391,34 @@ class RulesStage:
                 derived.extend(self._overload_open(st))
                 g = replace(g, reference_ms=ts)
             v = r.value
-            g, events = feed(g, ts, r.quality is good and v is not None and isfinite(v), r.reason, rules.gaps)
-            st.gap = g
-            if events:
-                derived.extend(self._event(e) for e in events)
+            valid = r.quality is good and v is not None and isfinite(v)
+            last_seen = g.last_seen_ms
+            if (valid and g.open_start_ms is None and ts - g.reference_ms <= st.allowed_ms
+                    and (last_seen is None or ts >= last_seen)):
+                st.gap = g = seen_valid(g.instrument, g.point, ts)  # gaps.feed's usual reading, without its call
+            else:
+                g, events = feed(g, ts, valid, r.reason, rules.gaps)
+                st.gap = g
+                if events:
+                    derived.extend(self._event(e) for e in events)
             summary = st.summary
             period = rules.period_ms
             if (summary is not None and st.replay_until is None and rules.totalizer is None
                     and ts // period * period == st.period_start):
                 summary.add(r)  # inside the open period: what _add_sample does, without its list
+                if st.step is None:  # _due(st) for this case, without its call
+                    due = _NEVER if g.open_start_ms is not None else g.reference_ms + st.allowed_ms
+                    end = st.period_start + period + rules.cadence_ms
+                    if end < due:
+                        due = end
+                else:
+                    due = _FORCE
             else:
                 more = self._add_sample(st, r)
                 if more:
                     derived.extend(more)
-            due = st.due = _due(st)
+                due = _due(st)
+            st.due = due
             if due < tick_due:
                 tick_due = due
         self._tick_due = tick_due

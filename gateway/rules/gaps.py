@@ -105,7 +105,7 @@ _set_instrument, _set_point, _set_reference, _set_last_seen, _set_open_start, _s
     getattr(GapState, name).__set__ for name in GapState.__slots__)
 
 
-def _seen_valid(instrument: str, point: str, ts_ms: int) -> GapState:
+def seen_valid(instrument: str, point: str, ts_ms: int) -> GapState:
     """``GapState(instrument, point, ts_ms, ts_ms)``, built through the slots directly: the frozen dataclass's
     __init__ calls object.__setattr__ once per field, about twice the cost, at one state per reading."""
     s = _new(GapState)
@@ -138,7 +138,7 @@ def feed(state: GapState, ts_ms: int, valid: bool, reason: str, rules: GapRules)
     if state.last_seen_ms is not None and ts_ms < state.last_seen_ms:
         return state, ()
     if valid and state.open_start_ms is None and ts_ms - state.reference_ms <= rules.allowed_ms:
-        return _seen_valid(state.instrument, state.point, ts_ms), ()  # the usual reading: on time, no gap
+        return seen_valid(state.instrument, state.point, ts_ms), ()  # the usual reading: on time, no gap
     state, events = tick(state, ts_ms, rules)
     if valid:
         if state.open_start_ms is not None and state.open_cause is not None:
