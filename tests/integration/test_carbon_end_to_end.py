@@ -63,6 +63,8 @@ instruments:
   - id: FT-01
     name: natural gas meter
     kind: flow_meter
+    # As the shipped config/: the range bounds the counter's consumption between two readings (issue 10 item 2)
+    measuring_range: {{min: 0, max: 50000, unit: m3/h}}
     profile: siemens_mag6000
     only_points: [volume_flow, totalizer_1]
     connection: {{protocol: modbus_tcp, host: 127.0.0.1, port: {gas}, unit_id: 2, timeout_s: 0.5}}
