@@ -35,6 +35,9 @@ class DerivedDecl:
     formula: str
     inputs: tuple[tuple[str, str, str], ...]  # (name in the formula, instrument id, point)
     window_ms: int  # every input must lie within this of the newest one
+    # Where its formula is written (the `formula:` key's line): a formula's mistake is reported there, not
+    # on the point's first line, which may be several lines above it.
+    formula_line: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

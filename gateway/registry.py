@@ -484,16 +484,19 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
             loc: tuple[int | str, ...] = ("points", j)
             field = f"points[{j}]"
             src_file, src_line = str(ctx.file), ctx.line(loc)
+            src_tree, src_loc = None, loc  # looked up through ctx (the instrument's node)
         else:
             ppath, ptree = profile_trees[profile.profile]  # type: ignore[union-attr]
             k = next(i for i, bp in enumerate(base_points) if bp.name == merged_p.name)
             loc, field = ("profile",), f"profile({inst.profile}).points[{k}]"
             src_file, src_line = str(ppath), line_of(ptree, ("points", k))
+            src_tree, src_loc = ptree, ("points", k)
         p = _as_protocol_point(merged_p, plugin, loc, field, own, ctx)
         if p is None:
             continue
         if p.formula is not None or p.inputs is not None:
-            spec_p = _derived_point(inst, p, loc, field, src_file, src_line, settings, ctx)
+            spec_p = _derived_point(inst, p, loc, field, src_file, src_line, settings, ctx,
+                                    formula_line=_line_in(ctx, src_tree, (*src_loc, "formula")) or src_line)
             if spec_p is not None:
                 points.append(spec_p)
             continue
@@ -563,10 +566,17 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
 DEFAULT_DERIVED_WINDOW_S = 5.0
 
 
+def _line_in(ctx: _Ctx, tree: Any, loc: tuple[int | str, ...]) -> int | None:
+    """The line of `loc` in a profile's tree, or (tree None) in the instrument's file through `ctx`."""
+    return ctx.line(loc) if tree is None else line_of(tree, loc)
+
+
 def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ...], field: str, src_file: str,
-                   src_line: int | None, settings: Settings, ctx: _Ctx) -> PointSpec | None:
+                   src_line: int | None, settings: Settings, ctx: _Ctx, *,
+                   formula_line: int | None) -> PointSpec | None:
     """A point with a formula: never read from the device (the protocol plugin does not see it). Its units
-    are checked against its inputs' once every instrument is loaded (gateway.derived.config)."""
+    are checked against its inputs' once every instrument is loaded (gateway.derived.config), and a mistake
+    found then is reported on `formula_line`."""
     problems = []
     if p.formula is None:
         problems.append((("formula",), "a derived point needs a formula"))
@@ -598,7 +608,8 @@ def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ..
     return PointSpec(name=p.name, device_unit=p.unit, unit=p.unit, conversion=IDENTITY,  # type: ignore[arg-type]
                      totalizer=False, description=p.description or "", expect=p.expect, wire=None,
                      source_file=src_file, source_line=src_line, simulate=None, rules=rules,
-                     derived=DerivedDecl(p.formula, tuple(inputs), window_ms))  # type: ignore[arg-type]
+                     derived=DerivedDecl(p.formula, tuple(inputs), window_ms,  # type: ignore[arg-type]
+                                         formula_line=formula_line))
 
 
 def _as_protocol_point(p: PointBase, plugin: ProtocolPlugin, loc: tuple[int | str, ...], field: str, own: bool,

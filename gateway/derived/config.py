@@ -200,7 +200,8 @@ def plan_derived(directory: Path, specs: Sequence[InstrumentSpec], tz: ZoneInfo,
         for p in spec.points:
             if p.derived is None:
                 continue
-            where = dict(file=p.source_file, line=p.source_line, field=f"{spec.id}.{p.name}.formula")
+            where = dict(file=p.source_file, line=p.derived.formula_line or p.source_line,
+                         field=f"{spec.id}.{p.name}.formula")
             compiled = _compile(p.derived.formula, p.derived.inputs, p.unit, units, constants, where, errors,
                                 self_ref=(spec.id, p.name))
             if compiled is not None:

@@ -99,6 +99,19 @@ CASES = {
     connection: {protocol: modbus_tcp, host: 127.0.0.1, port: 15020, unit_id: 1}
 """,
         12, "instruments[1].connection.unit_id", "already used by instrument PM-01"),
+    # A derived point's unit mistake is found after every instrument is loaded (gateway/derived/config.py):
+    # its line is the `formula:` key's, not the point's first line four lines above it.
+    "derived_unit_mismatch": (
+        BASE + """\
+    points:
+      - name: volts_plus_watts
+        unit: V
+        description: a formula that adds a power to a voltage
+        window_s: 2
+        formula: v + p
+        inputs: {v: voltage_l1, p: total_active_power}
+""",
+        13, "PM-01.volts_plus_watts.formula", "unit mismatch in '+'"),
 }
 
 

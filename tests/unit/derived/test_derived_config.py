@@ -64,7 +64,7 @@ def test_a_unit_mistake_is_one_line_with_file_and_line(tmp_path: Path) -> None:
     # kg/h + m3/h: CO2 rate plus the gas meter's volume flow
     (line,) = errors_of(tmp_path, "co2_mass_rate(co2, q) + p")
     assert "plant.yaml:" in line
-    assert line.split(":")[1] == "9"  # the point's line in the file
+    assert line.split(":")[1] == "11"  # the formula's line, not the point's (line 9)
     assert "unit mismatch in '+'" in line
     assert "kg / h" in line
     assert "m ** 3 / h" in line
@@ -143,5 +143,5 @@ def test_validate_cli_reports_a_unit_mistake_in_one_line_and_exits_2(tmp_path: P
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].startswith(f"{d / 'instruments' / 'plant.yaml'}:9: ")
+    assert lines[0].startswith(f"{d / 'instruments' / 'plant.yaml'}:11: ")  # the formula's line
     assert "unit mismatch in '+'" in lines[0]
