@@ -38,6 +38,7 @@ class DerivedDecl:
     # Where its formula is written (the `formula:` key's line): a formula's mistake is reported there, not
     # on the point's first line, which may be several lines above it.
     formula_line: int | None = None
+    input_lines: tuple[int | None, ...] = ()  # each input's line, in the order of `inputs`
 
 
 @dataclass(frozen=True, slots=True)

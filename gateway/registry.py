@@ -495,8 +495,7 @@ def _compile(inst: InstrumentModel, ctx: _Ctx, profiles: dict[str, ProfileModel]
         if p is None:
             continue
         if p.formula is not None or p.inputs is not None:
-            spec_p = _derived_point(inst, p, loc, field, src_file, src_line, settings, ctx,
-                                    formula_line=_line_in(ctx, src_tree, (*src_loc, "formula")) or src_line)
+            spec_p = _derived_point(inst, p, loc, field, src_file, src_line, settings, ctx, src_tree, src_loc)
             if spec_p is not None:
                 points.append(spec_p)
             continue
@@ -572,11 +571,12 @@ def _line_in(ctx: _Ctx, tree: Any, loc: tuple[int | str, ...]) -> int | None:
 
 
 def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ...], field: str, src_file: str,
-                   src_line: int | None, settings: Settings, ctx: _Ctx, *,
-                   formula_line: int | None) -> PointSpec | None:
+                   src_line: int | None, settings: Settings, ctx: _Ctx, src_tree: Any,
+                   src_loc: tuple[int | str, ...]) -> PointSpec | None:
     """A point with a formula: never read from the device (the protocol plugin does not see it). Its units
     are checked against its inputs' once every instrument is loaded (gateway.derived.config), and a mistake
-    found then is reported on `formula_line`."""
+    found then is reported on the line of its `formula:` or of the input concerned (`src_tree`/`src_loc`:
+    where the point is written, see `_line_in`; the point's own line when the key is not there)."""
     problems = []
     if p.formula is None:
         problems.append((("formula",), "a derived point needs a formula"))
@@ -592,9 +592,12 @@ def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ..
     if problems:
         return None
     inputs: list[tuple[str, str, str]] = []
+    input_lines: list[int | None] = []
     for name, ref in (p.inputs or {}).items():
         inst_id, _, point = ref.rpartition(".") if "." in ref else ("", "", ref)
         inputs.append((name, inst_id or inst.id, point))
+        input_lines.append(_line_in(ctx, src_tree, (*src_loc, "inputs", name)) or src_line)
+    formula_line = _line_in(ctx, src_tree, (*src_loc, "formula")) or src_line
     # Its cadence is its inputs' (it is computed when they arrive): the instrument's poll interval.
     poll_s = inst.poll_interval_s or settings.limits.default_poll_interval_s
     rules, rule_errors = _point_rules(inst.kind, p, p.unit, inst.measuring_range,  # type: ignore[arg-type]
@@ -609,7 +612,7 @@ def _derived_point(inst: InstrumentModel, p: PointBase, loc: tuple[int | str, ..
                      totalizer=False, description=p.description or "", expect=p.expect, wire=None,
                      source_file=src_file, source_line=src_line, simulate=None, rules=rules,
                      derived=DerivedDecl(p.formula, tuple(inputs), window_ms,  # type: ignore[arg-type]
-                                         formula_line=formula_line))
+                                         formula_line=formula_line, input_lines=tuple(input_lines)))
 
 
 def _as_protocol_point(p: PointBase, plugin: ProtocolPlugin, loc: tuple[int | str, ...], field: str, own: bool,

@@ -196,19 +196,24 @@ def plan_derived(directory: Path, specs: Sequence[InstrumentSpec], tz: ZoneInfo,
     units = {(s.id, p.name): p.unit for s in specs for p in s.points}
     totals = {(s.id, p.name) for s in specs for p in s.points if p.totalizer}
     points: list[DerivedPoint] = []
+    inputs_where: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # where each input is written
     for spec in specs:
         for p in spec.points:
             if p.derived is None:
                 continue
             where = dict(file=p.source_file, line=p.derived.formula_line or p.source_line,
                          field=f"{spec.id}.{p.name}.formula")
+            lines = p.derived.input_lines or (None,) * len(p.derived.inputs)
+            at = inputs_where[(spec.id, p.name)] = {
+                name: dict(file=p.source_file, line=line or where["line"], field=f"{spec.id}.{p.name}.inputs.{name}")
+                for (name, _i, _q), line in zip(p.derived.inputs, lines, strict=True)}
             compiled = _compile(p.derived.formula, p.derived.inputs, p.unit, units, constants, where, errors,
-                                self_ref=(spec.id, p.name))
+                                input_where=list(at.values()), self_ref=(spec.id, p.name))
             if compiled is not None:
                 used = tuple(n for n in compiled.inputs if n in constants and n not in {i[0] for i in p.derived.inputs})
                 points.append(DerivedPoint(spec.id, p.name, p.unit, p.derived.inputs, used, p.derived.window_ms,
                                            compiled))
-    _check_cycles(points, errors)
+    _check_cycles(points, errors, inputs_where)
     methods: list[Method] = []
     if model is not None and path is not None:
         for i, src in enumerate(model.sources):
@@ -217,12 +222,15 @@ def plan_derived(directory: Path, specs: Sequence[InstrumentSpec], tz: ZoneInfo,
                 where = dict(file=str(path), line=line_of(tree, (*loc, "formula")) or line_of(tree, loc),
                              field=f"sources[{i}].methods[{j}].formula")
                 refs = []
+                input_where = []
                 for name, ref in m.inputs.items():
                     inst, _, point = ref.rpartition(".")
                     refs.append((name, inst, point))
+                    input_where.append(dict(file=str(path), line=line_of(tree, (*loc, "inputs", name)),
+                                            field=f"sources[{i}].methods[{j}].inputs.{name}"))
                 # An hourly input is the hour's mean (a rate) or, for a totalizer, the hour's consumption.
                 compiled = _compile(m.formula, tuple(refs), m.unit, units, constants, where, errors,
-                                    hourly_totals=totals)
+                                    input_where=input_where, hourly_totals=totals)
                 if compiled is None:
                     continue
                 try:
@@ -249,22 +257,25 @@ def _is_rate(unit: str) -> bool:
 
 def _compile(formula: str, inputs: tuple[tuple[str, str, str], ...], unit: str,
              units: dict[tuple[str, str], str], constants: dict[str, Constant], where: dict[str, Any],
-             errors: list[ConfigError], *, self_ref: tuple[str, str] | None = None,
+             errors: list[ConfigError], *, input_where: Sequence[dict[str, Any]],
+             self_ref: tuple[str, str] | None = None,
              hourly_totals: set[tuple[str, str]] | None = None) -> Compiled | None:
+    """`where` locates the formula, `input_where` each input (same order as `inputs`): a mistake names the
+    line it is on."""
     operands: list[Operand] = []
     bad = False
-    for name, inst, point in inputs:
+    for (name, inst, point), at in zip(inputs, input_where, strict=True):
         if (inst, point) == self_ref:
-            errors.append(ConfigError(f"input {name!r} is the derived point itself", **where))
+            errors.append(ConfigError(f"input {name!r} is the derived point itself", **at))
             bad = True
             continue
         u = units.get((inst, point))
         if u is None:
-            errors.append(ConfigError(f"input {name!r}: unknown point '{inst}.{point}'", **where))
+            errors.append(ConfigError(f"input {name!r}: unknown point '{inst}.{point}'", **at))
             bad = True
             continue
         if name in constants:
-            errors.append(ConfigError(f"input {name!r} has the name of a constant", **where))
+            errors.append(ConfigError(f"input {name!r} has the name of a constant", **at))
             bad = True
             continue
         if hourly_totals is not None and (inst, point) in hourly_totals:
@@ -282,15 +293,20 @@ def _compile(formula: str, inputs: tuple[tuple[str, str, str], ...], unit: str,
         return None
 
 
-def _check_cycles(points: list[DerivedPoint], errors: list[ConfigError]) -> None:
-    """A derived point may use another derived point, never itself through a chain."""
+def _check_cycles(points: list[DerivedPoint], errors: list[ConfigError],
+                  inputs_where: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+    """A derived point may use another derived point, never itself through a chain. A cycle is reported on
+    the line of the input that leads from its first point to the next one."""
     graph = {(p.instrument, p.point): [(i, q) for _n, i, q in p.inputs] for p in points}
+    names = {(p.instrument, p.point): {(i, q): n for n, i, q in reversed(p.inputs)} for p in points}
     state: dict[tuple[str, str], int] = {}
 
     def visit(node: tuple[str, str], path: list[tuple[str, str]]) -> bool:
         if state.get(node) == 1:
-            cycle = " -> ".join(f"{i}.{q}" for i, q in [*path[path.index(node):], node])
-            errors.append(ConfigError(f"derived points form a cycle: {cycle}", field=f"{node[0]}.{node[1]}.inputs"))
+            ring = [*path[path.index(node):], node]
+            cycle = " -> ".join(f"{i}.{q}" for i, q in ring)
+            name = names[node][ring[1]]
+            errors.append(ConfigError(f"derived points form a cycle: {cycle}", **inputs_where[node][name]))
             return True
         if state.get(node) == 2 or node not in graph:
             return False

@@ -91,6 +91,39 @@ def test_an_unknown_input_point_is_named(tmp_path: Path) -> None:
     assert "unknown point 'FT-02.flow'" in str(err.value)
 
 
+def test_an_input_mistake_names_the_input_line(tmp_path: Path) -> None:
+    block = ("inputs:\n          co2: co2\n          q: flue_gas_flow\n          h2o: moisture\n"
+             "          p: FT-02.flow\n")
+    d = write_config(tmp_path / "cfg", (CEMS % "co2_mass_rate(co2, q)").replace(
+        "inputs: {co2: co2, q: flue_gas_flow, h2o: moisture, p: FT-01.volume_flow}\n", block))
+    with pytest.raises(ConfigErrors) as err:
+        load_config(d)
+    (line,) = [e.one_line() for e in err.value.errors]
+    assert line == (f"{d / 'instruments' / 'plant.yaml'}:16: CEMS-01.co2_rate.inputs.p: "
+                     "input 'p': unknown point 'FT-02.flow'")  # p's line, not the point's (9) or formula's (11)
+
+
+def test_a_cycle_of_derived_points_names_a_file_and_line(tmp_path: Path) -> None:
+    cycle = """\
+      - name: a_rate
+        unit: kg/h
+        formula: b
+        inputs: {b: b_rate}
+      - name: b_rate
+        unit: kg/h
+        formula: a
+        inputs: {a: a_rate}
+"""
+    text = (CEMS % "co2_mass_rate(co2, q)").replace("  - id: FT-01\n", cycle + "  - id: FT-01\n")
+    d = write_config(tmp_path / "cfg", text)
+    with pytest.raises(ConfigErrors) as err:
+        load_config(d)
+    (line,) = [e.one_line() for e in err.value.errors]
+    # a_rate's input b leads into the cycle: its line (a_rate starts on 14), never '<config>'
+    assert line == (f"{d / 'instruments' / 'plant.yaml'}:17: CEMS-01.a_rate.inputs.b: "
+                    "derived points form a cycle: CEMS-01.a_rate -> CEMS-01.b_rate -> CEMS-01.a_rate")
+
+
 CARBON = """\
 constants:
   ncv_gas:
@@ -131,6 +164,14 @@ def test_a_method_unit_mistake_names_the_carbon_file_line(tmp_path: Path) -> Non
     (line,) = errors_of(tmp_path, "co2_mass_rate(co2, q)", bad)
     assert line.startswith(str(tmp_path / "cfg" / "carbon.yaml") + ":13:")  # the formula line
     assert "unit mismatch" in line
+
+
+def test_a_method_input_mistake_names_the_input_line(tmp_path: Path) -> None:
+    bad = CARBON.replace("inputs: {co2: CEMS-01.co2, q: CEMS-01.flue_gas_flow}",
+                         "inputs:\n          co2: CEMS-01.co2\n          q: CEMS-01.no_such_flow")
+    (line,) = errors_of(tmp_path, "co2_mass_rate(co2, q)", bad)
+    assert line == (f"{tmp_path / 'cfg' / 'carbon.yaml'}:14: sources[0].methods[0].inputs.q: "
+                    "input 'q': unknown point 'CEMS-01.no_such_flow'")
 
 
 def test_validate_cli_reports_a_unit_mistake_in_one_line_and_exits_2(tmp_path: Path) -> None:
