@@ -254,6 +254,8 @@ class Store:
         """Load each chain's head; a chain with no anchor yet (a new store, or the first open at schema 7)
         starts after the table's newest row, from its genesis hash (docs/hash-chain.md)."""
         self._chain_head: dict[int, tuple[int, bytes]] = {}
+        # (instrument, point, unit, quality, reason, calibration) -> (series, code, chain prefix, its CRC)
+        self._coding: dict[tuple[str, str, str, str, str, str], tuple[int, int, bytes, int]] = {}
         self._chain_prefix: dict[tuple[int, int], bytes] = {}  # (series, code) -> a reading's encoding but ts/value
         specs = [(chain.CHAIN_READINGS, "readings", "samples"), (chain.CHAIN_RECORDS, "records", "records"),
                  *((s.code, s.name, s.table) for s in chain.EXTRA_CHAINS.values())]
@@ -417,6 +419,7 @@ class Store:
         heads = self._chain_head
         prev_r = heads[chain.CHAIN_READINGS][1]
         prefixes = self._chain_prefix
+        coding = self._coding
         sha256, pack, absent = hashlib.sha256, struct.pack, chain.ABSENT
         cv_text = chain.text(cv)
         for instrument, items in by_instrument.items():
@@ -436,30 +439,42 @@ class Store:
                         lo = ts
                     elif ts > hi:
                         hi = ts
-                    key = (instrument, r.point, r.unit)
-                    sid = series.get(key) or new_series.get(key)
-                    if sid is None:
-                        sid = new_series[key] = next_series
-                        next_series += 1
-                    reason = labels.get(r.reason) if r.reason else 0
-                    if reason is None:
-                        reason = label(r.reason)
-                    code = qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4
+                    # Series, code and chain prefix repeat from poll to poll: one lookup per reading (issue 8).
+                    tkey = (instrument, r.point, r.unit, r.quality, r.reason, r.calibration)
+                    coded = coding.get(tkey)
+                    if coded is None:
+                        key = (instrument, r.point, r.unit)
+                        sid = series.get(key) or new_series.get(key)
+                        if sid is None:
+                            sid = new_series[key] = next_series
+                            next_series += 1
+                        reason = labels.get(r.reason) if r.reason else 0
+                        if reason is None:
+                            reason = label(r.reason)
+                        code = qcodes[r.quality] | ccodes[r.calibration] << 2 | reason << 4
+                        pc = prefixes.get((sid, code))
+                        if pc is None:
+                            pre = chain.reading_prefix(instrument, r.point, r.unit, r.quality, r.calibration, r.reason)
+                            pc = prefixes[(sid, code)] = (pre, zlib.crc32(pre))
+                        coded = (sid, code, pc[0], pc[1])
+                        # Kept only once its series and label are committed: a rolled-back transaction takes
+                        # back the ids it gave out.
+                        if key in series and (not r.reason or r.reason in labels):
+                            if len(coding) > 200_000:
+                                coding.clear()
+                            coding[tkey] = coded
+                    sid, code, pre, crc = coded
                     v = r.value
                     rows.append((rid, sid, ts, v, code))
-                    pc = prefixes.get((sid, code))
-                    if pc is None:
-                        pre = chain.reading_prefix(instrument, r.point, r.unit, r.quality, r.calibration, r.reason)
-                        pc = prefixes[(sid, code)] = (pre, zlib.crc32(pre))
-                    pres.append(pc[0])
+                    pres.append(pre)
                     times.append(ts)
                     if v is not None and v == v:
                         v = v + 0.0
                         vals.append(v)
-                        tags.append(hash((pc[1], ts, v)) & 0xFFFF)
+                        tags.append(hash((crc, ts, v)) & 0xFFFF)
                     else:
                         vals.append(absent)
-                        tags.append(hash((pc[1], ts)) & 0xFFFF)
+                        tags.append(hash((crc, ts)) & 0xFFFF)
                     rid += 1
                 seq += 1
                 n = len(chunk)
