@@ -31,7 +31,7 @@ from gateway.rules.quarter_close import quarter_offset, reissue_at_quarter_close
 from gateway.rules.quarters import quarter_of
 from gateway.rules.substitution import substitute_gap
 from gateway.rules.totalizer import RunningTotal
-from gateway.rules.validity import CheckResult, ValidityState, check
+from gateway.rules.validity import CheckResult, ValidityState, check, passes
 from gateway.store import Store
 
 log = logging.getLogger("gateway.rules")
@@ -378,10 +378,14 @@ class RulesStage:
             if st.step is not None and st.step.is_new_side(ts):
                 derived.extend(self._apply_step(st))
             rules = st.rules
-            res = check(r.value, ts, st.validity, rules.validity, calibration=r.calibration)
-            st.validity = res.state
-            if res.reason or res.quality is not good:  # else: good without a reason, the reading as tagged
-                r = _judged(r, res)
+            passed = passes(r.value, ts, st.validity, rules.validity, r.calibration)
+            if passed is not None:  # good without a reason: the reading as tagged
+                st.validity = passed
+            else:
+                res = check(r.value, ts, st.validity, rules.validity, calibration=r.calibration)
+                st.validity = res.state
+                if res.reason or res.quality is not good:
+                    r = _judged(r, res)
             append(r)
             if st.signal_keys:
                 self._note_signal(st, r)

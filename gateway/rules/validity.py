@@ -160,10 +160,20 @@ class CheckResult(NamedTuple):
 def check(value: float | None, ts_ms: int, state: ValidityState, rules: ValidityRules, *,
           calibration: Calibration = Calibration.VALID, health: DeviceHealth = HEALTHY) -> CheckResult:
     """Judge one reading; return quality, reason, the state for the next reading and all failed rules."""
-    # Fast path for the reading that passes every rule (nearly all of them): the same tests as below, in
-    # the same order, without the list of failures; anything that fails takes the general path.
+    if health is HEALTHY:
+        new_state = passes(value, ts_ms, state, rules, calibration)
+        if new_state is not None:
+            return CheckResult(Quality.GOOD, REASON_OK, new_state, ())
+    return _check(value, ts_ms, state, rules, calibration, health)
+
+
+def passes(value: float | None, ts_ms: int, state: ValidityState, rules: ValidityRules,
+           calibration: Calibration) -> ValidityState | None:
+    """The fast path for a reading of a healthy device that passes every rule (nearly all of them): the state
+    for the next reading, else None (then ``check`` judges it). The same tests as ``_check``, in the same
+    order, without the list of failures or a CheckResult: the rules stage calls it once per reading."""
     last = state.last_ts_ms
-    if (health is HEALTHY and value is not None and (last is None or ts_ms >= last)
+    if (value is not None and (last is None or ts_ms >= last)
             and calibration is not Calibration.EXPIRED and -_INF < value < _INF):
         lo, hi = rules.physical_min, rules.physical_max
         rlo, rhi = rules.range_low, rules.range_high
@@ -174,8 +184,8 @@ def check(value: float | None, ts_ms: int, state: ValidityState, rules: Validity
                 new_state = _track(value, ts_ms, state, rate_ok)
                 if (rules.frozen_count is None and rules.frozen_seconds is None) or not _frozen(new_state, ts_ms,
                                                                                                 rules):
-                    return CheckResult(Quality.GOOD, REASON_OK, new_state, ())
-    return _check(value, ts_ms, state, rules, calibration, health)
+                    return new_state
+    return None
 
 
 _INF = math.inf
