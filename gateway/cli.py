@@ -34,6 +34,19 @@ from gateway.errors import ConfigError, ConfigErrors, GatewayError, PublishError
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG, EXIT_BROKER, EXIT_STORE = 0, 1, 2, 3, 4
 
 
+
+# Commands that live in a module of their own (`add_parser(sub)` and `run(args)`): one line each.
+_COMMAND_MODULES: dict[str, Any] = {
+    "verify": cli_verify,  # issue 11: the hash chain
+    "export": cli_export,  # issue 12 item 5
+    "config": cli_config,  # issue 11: config history
+    "status": cli_status,  # issue 11: status
+    "consume": cli_consume,  # issue 12: reference consumer -> PostgreSQL
+    "explain": cli_explain_tree,  # issue 13: a carbon record's derivation down to raw readings
+    "instruments": cli_instruments,  # issue 11 item 6: instrument ledger, calibrations due
+    "estimate": cli_estimate,  # issue 10 item 9: the estimate channel
+}
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=Path("config"), help="configuration directory (default: config)")
 
@@ -114,12 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("file", type=Path)
     cli_explain.add_parser(rsub)  # issue 10 item 10: rules explain RECORD
 
-    cli_config.add_parser(sub)  # issue 11: config history
-    cli_status.add_parser(sub)  # issue 11: status
-    cli_consume.add_parser(sub)  # issue 12: reference consumer -> PostgreSQL
-    cli_explain_tree.add_parser(sub)  # issue 13: a carbon record's derivation down to raw readings
-    cli_instruments.add_parser(sub)  # issue 11 item 6: instrument ledger, calibrations due
-    cli_estimate.add_parser(sub)  # issue 10 item 9: the estimate channel
+    for name, module in _COMMAND_MODULES.items():
+        if name not in ("verify", "export"):  # those two are listed above, beside the store commands
+            module.add_parser(sub)
     return parser
 
 
@@ -211,22 +221,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "store":
         return _store_command(args)
-    if args.command == "config":
-        return cli_config.run(args)
-    if args.command == "status":
-        return cli_status.run(args)
-    if args.command == "consume":
-        return cli_consume.run(args)
-    if args.command == "explain":
-        return cli_explain_tree.run(args)
-    if args.command == "instruments":
-        return cli_instruments.run(args)
-    if args.command == "verify":
-        return cli_verify.run(args)
-    if args.command == "estimate":
-        return cli_estimate.run(args)
-    if args.command == "export":
-        return cli_export.run(args)
+    module = _COMMAND_MODULES.get(args.command)
+    if module is not None:
+        return int(module.run(args))
     if args.command == "simulate":
         from simulators.runner import parse_faults, run_simulators
 
