@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.encode import Publish
@@ -70,10 +72,28 @@ class Transport(Protocol):
     def stop(self, last: Publish | None, *, timeout_s: float) -> None: ...
 
 
+# A PUBACK of two bytes (3.1.1, or MQTT 5 without reason code or properties) means success; paho decodes each
+# one into a new ReasonCode and Properties, which our callback does not read (issue 8: that decoding was the
+# largest part of paho's cost per message).
+_PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+_PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+
+
 class _PahoClient(mqtt.Client):
-    """paho's client, telling us when its network thread dies instead of only printing a traceback."""
+    """paho's client, telling us when its network thread dies instead of only printing a traceback, and
+    cheaper per message where paho does work we do not use (issue 8; each override is pinned against
+    paho's own path by tests/unit/test_transport_paho.py):
+
+    - a successful two-byte PUBACK skips paho's generic decoding (same mid, same reason, same callback);
+    - paho's scan for queued messages after each PUBACK is skipped when nothing is queued (the forwarder
+      keeps its window at or under paho's, so normally nothing is);
+    - the socket is read in blocks, not three `recv` calls per PUBACK (header, length, mid).
+    """
 
     on_thread_death: Any = None
+    _rbuf: bytes = b""
+    _rpos: int = 0
+    _rsock: Any = None
 
     def _thread_main(self) -> None:
         try:
@@ -83,6 +103,44 @@ class _PahoClient(mqtt.Client):
                 self.on_thread_death(err)
             else:
                 raise
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd == "PUBACK" and len(packet) == 2:
+            mid = packet[0] << 8 | packet[1]
+            with self._out_message_mutex:
+                if mid in self._out_messages:
+                    return self._do_on_publish(mid, _PUBACK_OK, _PUBACK_NO_PROPERTIES)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
+
+    def _update_inflight(self) -> MQTTErrorCode:
+        # Every message paho holds counts as in flight: none is queued for a free slot, nothing to send.
+        if len(self._out_messages) <= self._inflight_messages:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos < len(buf) and self._rsock is self._sock and self._sock is not None:
+            end = pos + bufsize
+            self._rpos = end
+            return buf[pos:end]
+        data = super()._sock_recv(max(bufsize, 65536))
+        if len(data) <= bufsize:
+            self._rbuf, self._rpos = b"", 0
+            return data
+        self._rbuf, self._rpos, self._rsock = data, bufsize, self._sock
+        return data[:bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho reads at most max_packets, then waits for the socket to be readable again: bytes already in
+        # our block would wait with it (a PINGRESP left there would look like a dead broker).
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._rpos < len(self._rbuf) and self._sock is not None \
+                and self._rsock is self._sock:
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 class MqttTransport:
