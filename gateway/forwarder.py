@@ -78,6 +78,7 @@ class Forwarder:
         self._progress = time.monotonic()  # last PUBACK, or when the in-flight window last became non-empty
         self._restart_at: float | None = None
         self._restart_delay = settings.reconnect_min_s
+        self._tick_handle: asyncio.TimerHandle | None = None
         # Commands to the gateway (issue 12: replay on request): topic -> handler, subscribed on every
         # connect; only the topics configured are ever subscribed.
         self.commands: dict[str, Callable[[bytes], None]] = {}
@@ -233,11 +234,16 @@ class Forwarder:
             },
             "chain": self.store.chain_heads(),  # the hash chains' heads (issue 11; docs/hash-chain.md)
             "forwarder": {"published": self.stats.published, "acked": self.stats.acked,
-                          "rejected": self.stats.rejected, "outstanding": self.stats.outstanding,
+                          "rejected": self.stats.rejected, "outstanding": self._count_outstanding(),
                           "transport_restarts": self.stats.transport_restarts,
                           "last_error": self.stats.last_error},
             **self._status_extra(),
         }
+
+    def _count_outstanding(self) -> int:
+        """Readings and records messages in flight (status and meta publishes are not counted)."""
+        self.stats.outstanding = sum(1 for m in self._outstanding.values() if m is not None)
+        return self.stats.outstanding
 
     def _publish_status(self) -> None:
         try:
@@ -277,14 +283,22 @@ class Forwarder:
         self._state_since = time.monotonic()
         self.transport.start(self, self.encoder.will())
         next_status = time.monotonic() + self.settings.status_interval_s
+        # One repeating timer wakes the loop at least every 0.5 s for _check(), instead of a timeout armed and
+        # cancelled around every wait (the loop wakes for each batch of PUBACKs; issue 8).
+        self._tick_handle = self._loop.call_later(0.5, self._tick)
+        try:
+            await self._drain(next_status)
+        finally:
+            self._tick_handle.cancel()
+
+    def _tick(self) -> None:
+        self._wake.set()
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(0.5, self._tick)
+
+    async def _drain(self, next_status: float) -> None:
         while True:
-            try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296),
-                # which hung shutdown under load.
-                async with asyncio.timeout(0.5):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await self._wake.wait()
             self._wake.clear()
             now = time.monotonic()
             self._check(now)
@@ -307,7 +321,6 @@ class Forwarder:
                     self.store.release([out.id], delay_s=self.settings.reconnect_min_s)
                     continue
                 self.stats.published += 1
-            self.stats.outstanding = sum(1 for m in self._outstanding.values() if m is not None)
 
     def store_failed(self, err: BaseException) -> None:
         """The store writer failed (the process is stopping): say so on the status topic before going offline."""

@@ -156,6 +156,9 @@ class Store:
             self._labels: dict[str, int] = {t: lid for lid, t in self._db.execute("SELECT id, text FROM labels")}
             self._series_names: dict[int, tuple[str, str, str]] = {sid: k for k, sid in self._series.items()}
             self._label_texts: dict[int, str] = {lid: t for t, lid in self._labels.items()}
+            # The next ids to give out, kept rather than found by a max() over every series per commit (issue 8).
+            self._next_series = max(self._series.values(), default=0) + 1
+            self._next_label = max(self._labels.values(), default=0) + 1
             self._next_message_id = self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM messages")
             self._next_record_id = max(self._scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM records"),
                                        self._chain_head[chain.CHAIN_RECORDS][0] + 1)
@@ -397,8 +400,7 @@ class Store:
         series, labels = self._series, self._labels
         new_series: dict[tuple[str, str, str], int] = {}
         new_labels: dict[str, int] = {}
-        next_series = max(series.values(), default=0) + 1
-        next_label = max(labels.values(), default=0) + 1
+        next_series, next_label = self._next_series, self._next_label
 
         def label(text: str) -> int:
             nonlocal next_label
@@ -559,6 +561,7 @@ class Store:
         self._seq.update(seq_updates)
         series.update(new_series)
         labels.update(new_labels)
+        self._next_series, self._next_label = next_series, next_label
         self._series_names.update({sid: key for key, sid in new_series.items()})
         self._label_texts.update({lid: text for text, lid in new_labels.items()})
         self._out_acked.clear()
