@@ -538,7 +538,8 @@ class Store:
                                "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
                                list(seq_updates.items()))
             if acked:
-                db.executemany("DELETE FROM pending WHERE message_id = ?", [(a,) for a in acked])
+                # PUBACKs come mostly in order: one range delete per run of consecutive ids, not one per id.
+                db.executemany("DELETE FROM pending WHERE message_id BETWEEN ? AND ?", id_ranges(acked))
             if ingested:
                 db.executemany("INSERT OR IGNORE INTO ingested (sha256, name, stored_ms) VALUES (?,?,?)",
                                [(h, name, now_ms) for h, name in ingested])
@@ -984,6 +985,22 @@ class Store:
 _SPAN_ROWS = ("SELECT s.id, s.series, s.ts_ms, s.value, s.code FROM messages m JOIN samples s "
               "ON s.id BETWEEN m.first_id AND m.last_id WHERE m.kind = 'readings' AND m.instrument = ? "
               "AND m.max_ts >= ? AND m.min_ts <= ? AND s.series IN ({sids}) AND s.ts_ms BETWEEN ? AND ? ")
+
+
+def id_ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """The runs of consecutive integers in `ids` as (first, last) pairs, ascending: each id of each run is
+    in `ids`, and each id of `ids` is in one run."""
+    out: list[tuple[int, int]] = []
+    it = iter(sorted(set(ids)))
+    for lo in it:
+        hi = lo
+        for i in it:
+            if i != hi + 1:
+                out.append((lo, hi))
+                lo = i
+            hi = i
+        out.append((lo, hi))
+    return out
 
 
 def series_of(db: sqlite3.Connection, instrument: str, point: str) -> list[int]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from itertools import pairwise
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.model import Calibration, Quality, Reading
-from gateway.store import Derived, Store
+from gateway.store import Derived, Store, id_ranges
 from gateway.store_schema import SCHEMA_VERSION
 
 
@@ -237,3 +241,20 @@ def test_integer_coded_rows_read_back_exactly(tmp_path: Path) -> None:
     assert [(r.instrument, r.point, r.ts_ms, r.value, r.unit, r.quality, r.reason, r.calibration)
             for r in decoded] == [tuple(r) for r in rs]
     store.close()
+
+
+@given(st.sets(st.integers(1, 300), max_size=120))
+def test_id_ranges_cover_exactly_the_acked_ids(ids: set[int]) -> None:
+    ranges = id_ranges(ids)
+    covered = [i for lo, hi in ranges for i in range(lo, hi + 1)]
+    assert covered == sorted(ids)  # each id once, nothing else, ascending
+    assert all(b[0] > a[1] + 1 for a, b in pairwise(ranges))  # maximal runs
+
+
+def test_acks_out_of_order_and_with_holes_delete_exactly_their_pending_rows(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.commit([reading("A", i) for i in range(10)], now_ms=1, per_message=1)  # messages 1..10
+    store.begin(10)
+    store.ack([9, 2, 1, 8, 5, 3])
+    store.flush()
+    assert pending_ids(tmp_path / "s.db") == [4, 6, 7, 10]
