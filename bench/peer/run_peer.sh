@@ -8,6 +8,7 @@
 # Env:   PEER_BENCH (default /work/shared/peer-bench), BENCH_TMP (scratch root: reuses its tb_venv and
 #        harness_venv; results accumulate in $BENCH_TMP/results.jsonl and cg_extra.jsonl),
 #        CG_BIN (default: .venv/bin/carbon-gateway of this checkout), CG_ENCODER=json|json_compact,
+#        CG_GEN_ARGS (more options for gen_cg_config.py),
 #        WARMUP, MEASURE and the rest of the harness's variables.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,8 +23,11 @@ rm -rf "$H"; mkdir -p "$H"
 cp -r "$PEER_BENCH"/. "$H"/
 chmod -R u+w "$H"
 cp "$HERE/gen_cg_config.py" "$HERE/cg_parser.py" "$H/cg/"
-if [ -n "${CG_ENCODER:-}" ]; then  # the harness's SETUP line passes no encoder: append ours
-  sed -i "s|--synchronous \$SYNC\"|--synchronous \$SYNC --encoder $CG_ENCODER\"|" "$H/run_cg.sh"
+# The harness's SETUP line passes no encoder and no other setting: append ours (CG_GEN_ARGS: any of
+# gen_cg_config.py's options, e.g. "--commit-interval-ms 200").
+GEN_EXTRA="${CG_ENCODER:+--encoder $CG_ENCODER} ${CG_GEN_ARGS:-}"
+if [ -n "${GEN_EXTRA// /}" ]; then
+  sed -i "s|--synchronous \$SYNC\"|--synchronous \$SYNC $GEN_EXTRA\"|" "$H/run_cg.sh"
 fi
 if [ "$which" = tb ]; then
   # ThingsBoard's Modbus connector pip-installs pymodbus 3.9.2 and pyserial(-asyncio) into its environment at
