@@ -35,6 +35,7 @@ from gateway.transport import MqttTransport, Transport
 log = logging.getLogger("gateway.forwarder")
 
 STATES = ("connecting", "online", "stalled", "store_failed", "offline")
+SEND_SLICE_S = 0.01  # encoding and publishing at most this long before the loop runs its other work
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Forwarder:
         self._restart_at: float | None = None
         self._restart_delay = settings.reconnect_min_s
         self._tick_handle: asyncio.TimerHandle | None = None
+        self.send_slice_s = SEND_SLICE_S
         # Commands to the gateway (issue 12: replay on request): topic -> handler, subscribed on every
         # connect; only the topics configured are ever subscribed.
         self.commands: dict[str, Callable[[bytes], None]] = {}
@@ -316,7 +318,17 @@ class Forwarder:
                 self._set_state("store_failed", f"forwarding stopped: {err}")
                 self._publish_status()
                 raise
-            for out in batch:
+            slice_s = self.send_slice_s
+            yield_at = time.monotonic() + slice_s
+            for i, out in enumerate(batch):
+                if time.monotonic() >= yield_at:
+                    # A window of large messages (a period close's records) is encoded in slices, so the
+                    # pollers' timers are not held behind it (issue 8: the longest loop stall).
+                    await asyncio.sleep(0)
+                    yield_at = time.monotonic() + slice_s
+                    if not self.stats.connected or self._state == "offline":
+                        self.store.release([o.id for o in batch[i:]])  # offered again after the reconnect
+                        break
                 if not self._send(self.encoder.message(out), out.id):
                     self.store.release([out.id], delay_s=self.settings.reconnect_min_s)
                     continue
