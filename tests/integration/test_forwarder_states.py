@@ -51,6 +51,18 @@ def readings(n: int, start: int = 0) -> list[Reading]:
             for i in range(start, start + n)]
 
 
+class Committer:
+    """Commits the next `n` readings (default 8) and tells the forwarder, as the gateway's writer does."""
+
+    def __init__(self, store: Store, fwd: Forwarder, *, per_message: int) -> None:
+        self.store, self.fwd, self.per_message, self.committed = store, fwd, per_message, 0
+
+    def __call__(self, n: int = 8) -> None:
+        self.store.commit(readings(n, self.committed), now_ms=self.committed, per_message=self.per_message)
+        self.committed += n
+        self.fwd.notify()
+
+
 async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
     for _ in range(int(timeout_s / 0.02)):
         if predicate():
@@ -115,13 +127,7 @@ async def test_a_frozen_broker_is_stalled_and_everything_is_delivered_after_it_r
         store = Store(tmp_path / "s.db", synchronous="normal")
         fwd = forwarder(settings(broker.port), store)
         task = asyncio.create_task(fwd.run(), name="forwarder")
-        committed = 0
-
-        def commit(n: int = 8) -> None:
-            nonlocal committed
-            store.commit(readings(n, committed), now_ms=committed, per_message=4)
-            committed += n
-            fwd.notify()
+        commit = Committer(store, fwd, per_message=4)
 
         try:
             await until(lambda: fwd.state == "online")
@@ -231,13 +237,7 @@ async def test_sending_in_slices_across_a_broker_restart_loses_nothing(tmp_path:
     fwd = forwarder(settings(port, max_inflight=100), store)
     fwd.send_slice_s = 0.0
     task = asyncio.create_task(fwd.run(), name="forwarder")
-    committed = 0
-
-    def commit(n: int) -> None:
-        nonlocal committed
-        store.commit(readings(n, committed), now_ms=committed, per_message=2)
-        committed += n
-        fwd.notify()
+    commit = Committer(store, fwd, per_message=2)
 
     try:
         await until(lambda: fwd.state == "online")
@@ -255,7 +255,7 @@ async def test_sending_in_slices_across_a_broker_restart_loses_nothing(tmp_path:
         await until(lambda: store.stats().pending_messages == 0, 30)
         with sqlite3.connect(tmp_path / "s.db") as db:
             sent = {(i, s) for i, s in db.execute("SELECT instrument, seq FROM messages")}
-        assert len(sent) == committed // 2
+        assert len(sent) == commit.committed // 2
     finally:
         await stop(fwd, task)
         store.close()
