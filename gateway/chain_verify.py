@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import chain
-from gateway.store import DERIVED_KINDS, Anchor, read_anchor
+from gateway.store import DERIVED_KINDS, Anchor, read_anchor, sample_rows
 
 _QUALITY = {0: "good", 1: "uncertain", 2: "bad", 3: "bad"}
 _CALIBRATION = {0: "valid", 1: "due_soon", 2: "expired", 3: "unknown"}
@@ -109,8 +109,7 @@ class _Readings:
 
     def rows(self, lo: int, hi: int) -> Iterator[_Row]:
         series, prefixes, tag, canonical = self.series, self.prefixes, chain.reading_tag, chain.canonical_value
-        for rid, sid, ts, value, code in self.db.execute(
-                "SELECT id, series, ts_ms, value, code FROM samples WHERE id >= ? AND id <= ? ORDER BY id", (lo, hi)):
+        for rid, sid, ts, value, code in sample_rows(self.db, lo, hi):
             names = series.get(sid)
             info = (f"{names[0]} {names[1]}" if names else f"series {sid}", ts, value)
             try:

@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.store_read import add_store_args, open_readonly, store_path
+from gateway.store_schema import ABS_TS
 
 _QUALITY = ("good", "uncertain", "bad", "bad")
 _CALIBRATION = ("valid", "due_soon", "expired", "unknown")
@@ -139,7 +140,7 @@ def raw_readings(db: sqlite3.Connection, instrument: str, point: str, lo: int, h
         f"SELECT s.code & 3, (s.code >> 2) & 3, COUNT(*), MIN(s.id), MAX(s.id), MIN(s.value), MAX(s.value) "
         f"FROM messages m JOIN samples s ON s.id BETWEEN m.first_id AND m.last_id "
         f"WHERE m.kind = 'readings' AND m.instrument = ? AND m.max_ts >= ? AND m.min_ts < ? "
-        f"AND s.series IN ({marks}) AND s.ts_ms >= ? AND s.ts_ms < ? GROUP BY 1, 2",
+        f"AND s.series IN ({marks}) AND {ABS_TS} >= ? AND {ABS_TS} < ? GROUP BY 1, 2",
         (instrument, lo, hi, *sids, lo, hi)).fetchall()
     by_quality: dict[str, int] = {}
     by_calibration: dict[str, int] = {}

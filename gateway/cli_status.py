@@ -133,12 +133,12 @@ def last_readings(db: sqlite3.Connection, instrument: str, points: set[str], ser
     its last LOOKBACK_MESSAGES readings messages, newest first, through the per-message time index)."""
     newest: dict[str, Any] | None = None
     good: dict[str, Any] = {}
-    for first, last in db.execute(
-            "SELECT first_id, last_id FROM messages WHERE kind = 'readings' AND instrument = ? "
+    for first, last, base in db.execute(
+            "SELECT first_id, last_id, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' AND instrument = ? "
             "ORDER BY max_ts DESC LIMIT ?", (instrument, LOOKBACK_MESSAGES)).fetchall():
         for sid, ts, value, code in db.execute(
-                "SELECT series, ts_ms, value, code FROM samples WHERE id BETWEEN ? AND ? ORDER BY id DESC",
-                (first, last)):
+                "SELECT series, ts_ms + IIF(id > ?2, ?1, 0), value, code FROM samples WHERE id BETWEEN ?2 AND ?3 "
+                "ORDER BY id DESC", (base, first, last)):
             _i, point, unit = series.get(sid, ("", "?", ""))
             if newest is None or ts > newest["ts"]:
                 newest = {"ts": ts, "point": point, "quality": QUALITY[code & 3],

@@ -28,7 +28,8 @@ from typing import Any
 
 from gateway import chain
 from gateway.chain_verify import _CALIBRATION, _QUALITY
-from gateway.store import DERIVED_KINDS, read_anchor
+from gateway.store import DERIVED_KINDS, read_anchor, sample_rows
+from gateway.store_schema import ABS_TS
 
 PROOF_SCHEMA = "carbon-gateway/export-proof/1"
 VERIFY_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "verify_export.py"
@@ -59,7 +60,7 @@ def _readings_links(db: sqlite3.Connection, lo: int, hi: int, instruments: Seque
     """first_id of the readings messages (= links) with a reading of the period, of the chosen instruments."""
     sql = ("SELECT m.first_id FROM messages m WHERE m.kind = 'readings' AND m.max_ts >= ? AND m.min_ts <= ? "
            "AND EXISTS (SELECT 1 FROM samples s WHERE s.id BETWEEN m.first_id AND m.last_id "
-           "AND s.ts_ms BETWEEN ? AND ?)")
+           f"AND {ABS_TS} BETWEEN ? AND ?)")
     args: list[Any] = [lo, hi, lo, hi]
     if instruments:
         sql += f" AND m.instrument IN ({','.join('?' * len(instruments))})"
@@ -109,9 +110,7 @@ class _Source:
     def rows(self, first: int, last: int) -> list[dict[str, Any]]:
         if self.code == chain.CHAIN_READINGS:
             out = []
-            for rid, sid, ts, value, code in self.db.execute(
-                    "SELECT id, series, ts_ms, value, code FROM samples WHERE id BETWEEN ? AND ? ORDER BY id",
-                    (first, last)):
+            for rid, sid, ts, value, code in sample_rows(self.db, first, last):
                 inst, point, unit = self.series[sid]
                 out.append({"id": rid, "instrument": inst, "point": point, "ts_ms": ts, "value": _value(value),
                             "unit": unit, "quality": _QUALITY[code & 3], "reason": self.labels[code >> 4],

@@ -105,6 +105,7 @@ class Message:
     first_id: int
     last_id: int
     created_ms: int
+    ts_base: int = 0  # readings: what the rows' stored times are offsets from (0: absolute, before schema 10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from gateway import chain, config_history
 from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import (
+    ABS_TS,
     CALIBRATION_CODES,
     MIGRATION_GUARDS,
     MIGRATIONS,
@@ -430,17 +431,16 @@ class Store:
             for start in range(0, len(items), per_message):
                 chunk = items[start : start + per_message]
                 first = rid
-                lo = hi = chunk[0].ts_ms
+                tss = [r.ts_ms for r in chunk]
+                lo, hi = min(tss), max(tss)
+                base = tss[0]  # ts_base (schema 10): later rows store their offset from the first row's time
+                row0 = len(rows)
                 pres: list[bytes] = []
                 times: list[int] = []
                 vals: list[float] = []
                 tags: list[int] = []
                 for r in chunk:
                     ts = r.ts_ms
-                    if ts < lo:
-                        lo = ts
-                    elif ts > hi:
-                        hi = ts
                     # Series, code and chain prefix repeat from poll to poll: one lookup per reading (issue 8).
                     tkey = (instrument, r.point, r.unit, r.quality, r.reason, r.calibration)
                     coded = coding.get(tkey)
@@ -467,7 +467,7 @@ class Store:
                             coding[tkey] = coded
                     sid, code, pre, crc = coded
                     v = r.value
-                    rows.append((rid, sid, ts, v, code))
+                    rows.append((rid, sid, ts - base, v, code))
                     pres.append(pre)
                     times.append(ts)
                     if v is not None and v == v:
@@ -478,6 +478,8 @@ class Store:
                         vals.append(absent)
                         tags.append(hash((crc, ts)) & 0xFFFF)
                     rid += 1
+                r0 = rows[row0]
+                rows[row0] = (first, r0[1], base, r0[3], r0[4])  # the first row: its absolute time
                 seq += 1
                 n = len(chunk)
                 h = sha256(b"R" + chain.text(instrument) + _HEADER_PACK(seq, now_ms, n) + cv_text)
@@ -486,7 +488,7 @@ class Store:
                 h.update(pack(f"<{n}d", *vals))
                 prev_r = sha256(prev_r + h.digest()).digest()
                 links.append((chain.CHAIN_READINGS, first, rid - 1, prev_r, pack(f"<{n}H", *tags)))
-                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi))
+                msgs.append((mid, stream, seq, KIND_READINGS, instrument, first, rid - 1, now_ms, cfg, lo, hi, base))
                 outs.append(Outgoing(mid, instrument, KIND_READINGS, seq, now_ms, chunk, rid - 1, prev_r))
                 mid += 1
             seq_updates[stream] = seq
@@ -512,7 +514,7 @@ class Store:
                 prev_d = chain.link_hash(prev_d, chain.records_header(kind, instrument, seq, now_ms, len(chunk)), encs)
                 links.append((chain.CHAIN_RECORDS, first, recid - 1, prev_d,
                               chain.tags_blob([chain.tag(e) for e in encs])))
-                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None, None, None))
+                msgs.append((mid, stream, seq, kind, instrument, first, recid - 1, now_ms, None, None, None, None))
                 outs.append(Outgoing(mid, instrument, kind, seq, now_ms, [d.body for d in chunk], recid - 1, prev_d))
                 mid += 1
             seq_updates[stream] = seq
@@ -530,7 +532,7 @@ class Store:
             if msgs:
                 db.executemany("INSERT INTO samples (id, series, ts_ms, value, code) VALUES (?,?,?,?,?)", rows)
                 db.executemany("INSERT INTO messages (id, stream, seq, kind, instrument, first_id, last_id, "
-                               "created_ms, config, min_ts, max_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)", msgs)
+                               "created_ms, config, min_ts, max_ts, ts_base) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", msgs)
                 db.executemany("INSERT INTO pending (message_id) VALUES (?)", [(m[0],) for m in msgs])
                 db.executemany("INSERT INTO chain_links (chain, first_id, last_id, hash, tags) VALUES (?,?,?,?,?)",
                                links)
@@ -686,7 +688,8 @@ class Store:
         """Pending messages with after_id < id <= up_to_id, oldest first."""
         hi = up_to_id if up_to_id is not None else 2**62
         rows = self._db.execute(
-            "SELECT m.id, m.instrument, m.kind, m.seq, m.first_id, m.last_id, m.created_ms FROM pending p "
+            "SELECT m.id, m.instrument, m.kind, m.seq, m.first_id, m.last_id, m.created_ms, IFNULL(m.ts_base, 0) "
+            "FROM pending p "
             "JOIN messages m ON m.id = p.message_id WHERE p.message_id > ? AND p.message_id <= ? "
             "ORDER BY p.message_id LIMIT ?", (after_id, hi, limit)).fetchall()
         return [Message(*r) for r in rows]
@@ -695,9 +698,10 @@ class Store:
         return self._next_message_id - 1
 
     @_guarded("reading readings")
-    def readings_range(self, first_id: int, last_id: int) -> list[StoredReading]:
-        """The readings with first_id <= id <= last_id, decoded here from the integer-coded rows (the
-        backlog drain reads every row it sends: cheaper than the view's per-row look-ups)."""
+    def readings_range(self, first_id: int, last_id: int, ts_base: int = 0) -> list[StoredReading]:
+        """The readings with first_id <= id <= last_id (one message's: rows after its first store their
+        time as an offset from `ts_base`), decoded here from the integer-coded rows (the backlog drain reads
+        every row it sends: cheaper than the view's per-row look-ups)."""
         rows = self._db.execute("SELECT id, series, ts_ms, value, code FROM samples WHERE id BETWEEN ? AND ? "
                                 "ORDER BY id", (first_id, last_id)).fetchall()
         names = self._series_names
@@ -712,6 +716,8 @@ class Store:
         out = []
         for rid, sid, ts, value, code in rows:
             inst, point, unit = names[sid]
+            if rid > first_id:
+                ts += ts_base
             out.append(StoredReading(rid, inst, point, ts, value, unit, quality[code & 3], texts[code >> 4],
                                      calibration[(code >> 2) & 3]))
         return out
@@ -724,7 +730,7 @@ class Store:
 
     def message_rows(self, msg: Message) -> list[StoredReading] | list[dict[str, object]]:
         if msg.kind == KIND_READINGS:
-            return self.readings_range(msg.first_id, msg.last_id)
+            return self.readings_range(msg.first_id, msg.last_id, msg.ts_base)
         return self.records_range(msg.first_id, msg.last_id)
 
     # -- replay on request (issue 12): delivered messages are kept until retention prunes them ----------
@@ -757,7 +763,7 @@ class Store:
         """The kept messages of one stream with after_seq < seq <= up_to_seq, in seq order, each with the
         records it carried (a resend carries the same rows). With ts_from/ts_to, only readings messages
         whose source times meet [ts_from, ts_to], or other messages committed in it."""
-        sql = ("SELECT id, instrument, kind, seq, first_id, last_id, created_ms FROM messages "
+        sql = ("SELECT id, instrument, kind, seq, first_id, last_id, created_ms, IFNULL(ts_base, 0) FROM messages "
                "WHERE stream = ? AND seq > ? AND seq <= ?")
         args: list[object] = [f"{instrument}/{kind}", after_seq, up_to_seq]
         if ts_from is not None and ts_to is not None:
@@ -982,9 +988,25 @@ class Store:
 # of them) with the time span of their source times (min_ts..max_ts): `messages_by_time` finds the messages
 # whose span meets the wanted times, and only their rows are read, by rowid range.
 
-_SPAN_ROWS = ("SELECT s.id, s.series, s.ts_ms, s.value, s.code FROM messages m JOIN samples s "
-              "ON s.id BETWEEN m.first_id AND m.last_id WHERE m.kind = 'readings' AND m.instrument = ? "
-              "AND m.max_ts >= ? AND m.min_ts <= ? AND s.series IN ({sids}) AND s.ts_ms BETWEEN ? AND ? ")
+_SPAN_ROWS = (f"SELECT s.id, s.series, {ABS_TS} AS ts, s.value, s.code FROM messages m "
+              "JOIN samples s ON s.id BETWEEN m.first_id AND m.last_id WHERE m.kind = 'readings' AND m.instrument = ? "
+              "AND m.max_ts >= ? AND m.min_ts <= ? AND s.series IN ({sids}) AND ts BETWEEN ? AND ? ")
+
+
+def sample_rows(db: sqlite3.Connection, lo: int, hi: int) -> Iterator[tuple[int, int, Any, Any, int]]:
+    """(id, series, ts, value, code) of the rows with lo <= id <= hi, in id order, each time absolute (a
+    row after the first of a schema-10 readings message stores its offset from the message's ts_base).
+    For tools that walk rows by id (verify, export); a time that is not an integer (an edited row or
+    ts_base) comes out as None, for the caller to name."""
+    msgs = db.execute("SELECT first_id, last_id, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' "
+                      "AND last_id >= ? ORDER BY last_id", (lo,))
+    cur = msgs.fetchone()
+    for rid, sid, ts, value, code in db.execute(
+            "SELECT id, series, ts_ms, value, code FROM samples WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi)):
+        while cur is not None and cur[1] < rid:
+            cur = msgs.fetchone()
+        base = cur[2] if cur is not None and cur[0] < rid else 0
+        yield rid, sid, (ts + base if type(ts) is int and type(base) is int else None), value, code
 
 
 def id_ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -1014,7 +1036,7 @@ def point_rows(db: sqlite3.Connection, sids: Sequence[int], instrument: str, *, 
     """(id, series, ts, value, code) of the rows of these series with lo <= ts <= hi, in (ts, id) order."""
     if not sids:
         return []
-    sql = _SPAN_ROWS.format(sids=",".join("?" * len(sids))) + "ORDER BY s.ts_ms, s.id"
+    sql = _SPAN_ROWS.format(sids=",".join("?" * len(sids))) + "ORDER BY ts, s.id"
     return db.execute(sql, (instrument, lo, hi, *sids, lo, hi)).fetchall()
 
 
@@ -1032,22 +1054,24 @@ def nearest_ts(db: sqlite3.Connection, sids: Sequence[int], instrument: str, ts_
     if not sids:
         return []
     marks = ",".join("?" * len(sids))
-    in_span = f"SELECT DISTINCT ts_ms FROM samples WHERE id BETWEEN ? AND ? AND series IN ({marks}) AND ts_ms "
+    # ?1 the message's ts_base (0 before schema 10), ?2/?3 its first and last id (its first row is absolute)
+    ts = "ts_ms + IIF(id > ?2, ?1, 0)"
+    in_span = f"SELECT DISTINCT {ts} FROM samples WHERE id BETWEEN ?2 AND ?3 AND series IN ({marks}) AND {ts} "
     before: set[int] = set()
     # Newest span first; a message can add nothing once n times found are at or above its newest time.
-    for first, last, max_ts in db.execute(
-            "SELECT first_id, last_id, max_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
-            "AND min_ts < ? ORDER BY max_ts DESC", (instrument, ts_ms)):
+    for first, last, max_ts, base in db.execute(
+            "SELECT first_id, last_id, max_ts, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' "
+            "AND instrument = ? AND min_ts < ? ORDER BY max_ts DESC", (instrument, ts_ms)):
         if len(before) >= n and sorted(before, reverse=True)[n - 1] >= max_ts:
             break
-        before.update(t for (t,) in db.execute(in_span + "< ?", (first, last, *sids, ts_ms)))
+        before.update(t for (t,) in db.execute(in_span + "< ?", (base, first, last, *sids, ts_ms)))
     after: set[int] = set()
-    for first, last, min_ts in db.execute(
-            "SELECT first_id, last_id, min_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
-            "AND max_ts > ? ORDER BY min_ts", (instrument, ts_ms)):
+    for first, last, min_ts, base in db.execute(
+            "SELECT first_id, last_id, min_ts, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' "
+            "AND instrument = ? AND max_ts > ? ORDER BY min_ts", (instrument, ts_ms)):
         if len(after) >= n and sorted(after)[n - 1] <= min_ts:
             break
-        after.update(t for (t,) in db.execute(in_span + "> ?", (first, last, *sids, ts_ms)))
+        after.update(t for (t,) in db.execute(in_span + "> ?", (base, first, last, *sids, ts_ms)))
     return sorted([*sorted(before, reverse=True)[:n], *sorted(after)[:n]])
 
 
@@ -1066,14 +1090,15 @@ def last_readings(db: sqlite3.Connection, points: Iterable[tuple[str, str]],
         last: dict[str, int] = {}
         good: dict[str, int] = {}
         floor: int | None = None  # every point's newest and newest good time are at least this
-        for first, last_id, max_ts in db.execute(
-                "SELECT first_id, last_id, max_ts FROM messages WHERE kind = 'readings' AND instrument = ? "
-                "ORDER BY max_ts DESC", (inst,)):
+        for first, last_id, max_ts, base in db.execute(
+                "SELECT first_id, last_id, max_ts, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' "
+                "AND instrument = ? ORDER BY max_ts DESC", (inst,)):
             if floor is not None and max_ts is not None and floor >= max_ts:
                 break  # this message and every later one are no newer than what was found
             for sid, newest, newest_good in db.execute(
-                    "SELECT series, MAX(ts_ms), MAX(CASE WHEN code & 3 = 0 AND value IS NOT NULL THEN ts_ms END) "
-                    "FROM samples WHERE id BETWEEN ? AND ? GROUP BY series", (first, last_id)):
+                    "SELECT series, MAX(ts_ms + IIF(id > ?2, ?1, 0)), MAX(CASE WHEN code & 3 = 0 AND value IS NOT NULL "
+                    "THEN ts_ms + IIF(id > ?2, ?1, 0) END) FROM samples WHERE id BETWEEN ?2 AND ?3 GROUP BY series",
+                    (base, first, last_id)):
                 point = sid_point.get(sid)
                 if point is None:
                     continue

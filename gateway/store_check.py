@@ -92,6 +92,7 @@ class RecoverReport:
     repended: int = 0
     rebuilt_messages: int = 0
     rebuilt_rows: int = 0
+    timeless_rows: int = 0
 
     def lines(self) -> list[str]:
         out = [f"new store epoch {self.epoch} (was {self.source_epoch or 'unknown'})"]
@@ -110,6 +111,9 @@ class RecoverReport:
         if self.rebuilt_messages:
             out.append(f"messages: {self.rebuilt_messages} new messages for {self.rebuilt_rows} rows whose message "
                        f"was lost (new seqs, pending)")
+        if self.timeless_rows:
+            out.append(f"readings: {self.timeless_rows} rows dropped: their message was lost and so was the first "
+                       f"row of it, which held the time their own is an offset from")
         if self.emptied_pending:
             out.append(f"pending: {self.emptied_pending} messages dropped (all their rows were lost: their seqs "
                        f"stay holes)")
@@ -165,10 +169,44 @@ def _rows(src: sqlite3.Connection, table: str, cols: list[str], report: TableRep
         pos = probe - 1
 
 
+# A stored time at least this far from 1970 (about 35 years) is absolute; below it, in a schema-10 message, an offset.
+ABSOLUTE_TS = 2**40
+
+
+def _absolute_times(dst: sqlite3.Connection, rows: list[tuple[int, str, int]]) -> tuple[list[tuple[int, str]], int]:
+    """Readings rows (id, instrument, stored ts) of lost schema-10 messages store their time as an offset from
+    their message's first row (store_schema.BASE_OF_ROW), which holds it absolute: with the message row gone,
+    each offset row gets its absolute time written in the recovered copy, from the nearest row before it of
+    the same unbroken run of its instrument (the same time, stored self-contained: the chain hashes the
+    absolute time). An offset row with no such row before it (that first row was damaged too) has lost its
+    time: deleted from the copy and counted. Returns the rows kept and the number deleted."""
+    kept: list[tuple[int, str]] = []
+    lost: list[int] = []
+    base: int | None = None
+    prev: tuple[int, str] | None = None
+    for rid, instrument, ts in rows:
+        if prev is None or prev != (rid - 1, instrument):
+            base = None  # a gap or another instrument: a new message starts here
+        prev = (rid, instrument)
+        if type(ts) is not int:
+            kept.append((rid, instrument))  # an edited row: copied as it is, for verify to name
+        elif abs(ts) >= ABSOLUTE_TS:
+            base = ts
+            kept.append((rid, instrument))
+        elif base is None:
+            lost.append(rid)
+        else:
+            dst.execute("UPDATE samples SET ts_ms = ? WHERE id = ?", (base + ts, rid))
+            kept.append((rid, instrument))
+    dst.executemany("DELETE FROM samples WHERE id = ?", [(rid,) for rid in lost])
+    return kept, len(lost)
+
+
 def _rebuild_lost_messages(dst: sqlite3.Connection, spans: list[tuple[int, int | None]],
-                           now_ms: int, per_message: int = 100) -> tuple[int, int]:
+                           now_ms: int, per_message: int = 100) -> tuple[int, int, int]:
     """Readings and records left without a message by damaged `messages` pages: cut into new messages
-    (one instrument's consecutive rows, new seqs of its stream), pending. Returns (messages, rows)."""
+    (one instrument's consecutive rows, new seqs of its stream), pending. Returns (messages, rows, readings
+    dropped for their lost time)."""
     kinds = ["readings", *(k for (k,) in dst.execute("SELECT DISTINCT kind FROM records"))]
     windows: list[tuple[str, int, int]] = []
     for lo, hi in spans:  # message ids and row ids grow together: the lost rows lie between the neighbours
@@ -179,14 +217,16 @@ def _rebuild_lost_messages(dst: sqlite3.Connection, spans: list[tuple[int, int |
             windows.append((kind, below or 0, 2**62 if above is None else above))
     seqs = dict(dst.execute("SELECT stream, last_seq FROM streams").fetchall())
     next_id = int(dst.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]) + 1
-    made = rows_n = 0
+    made = rows_n = timeless = 0
     uncovered = ("AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.kind = ? AND m.first_id <= {id} "
                  "AND m.last_id >= {id})")
     for kind, below, above in windows:
         if kind == "readings":
-            rows = dst.execute("SELECT s.id, se.instrument FROM samples s JOIN series se ON se.id = s.series "
-                               "WHERE s.id > ? AND s.id < ? " + uncovered.format(id="s.id") + " ORDER BY s.id",
-                               (below, above, kind)).fetchall()
+            rows, dropped = _absolute_times(dst, dst.execute(
+                "SELECT s.id, se.instrument, s.ts_ms FROM samples s JOIN series se ON se.id = s.series "
+                "WHERE s.id > ? AND s.id < ? " + uncovered.format(id="s.id") + " ORDER BY s.id",
+                (below, above, kind)).fetchall())
+            timeless += dropped
         else:
             rows = dst.execute("SELECT c.id, c.instrument FROM records c WHERE c.kind = ? AND c.id > ? AND c.id < ? "
                                + uncovered.format(id="c.id") + " ORDER BY c.id", (kind, below, above, kind)).fetchall()
@@ -209,7 +249,7 @@ def _rebuild_lost_messages(dst: sqlite3.Connection, spans: list[tuple[int, int |
             next_id += 1
             made += 1
             rows_n += len(chunk)
-    return made, rows_n
+    return made, rows_n, timeless
 
 
 def recover(source: Path, target: Path) -> RecoverReport:
@@ -274,12 +314,13 @@ def recover(source: Path, target: Path) -> RecoverReport:
             # Rows whose message was on a damaged page of `messages` get new messages (new seqs), pending.
             messages_report = report.tables.get("messages")
             if messages_report and messages_report.damaged_spans:
-                report.rebuilt_messages, report.rebuilt_rows = _rebuild_lost_messages(
+                report.rebuilt_messages, report.rebuilt_rows, report.timeless_rows = _rebuild_lost_messages(
                     dst, messages_report.damaged_spans, int(time.time() * 1000))
             # Readings messages without a time span (rebuilt above, or copied from an older store) get it
             # from their rows: the time look-ups (schema 6) find readings through it.
-            dst.execute("UPDATE messages SET min_ts = (SELECT MIN(ts_ms) FROM samples WHERE id BETWEEN "
-                        "messages.first_id AND messages.last_id), max_ts = (SELECT MAX(ts_ms) FROM samples WHERE "
+            ts = "ts_ms + IIF(id > messages.first_id, IFNULL(messages.ts_base, 0), 0)"
+            dst.execute(f"UPDATE messages SET min_ts = (SELECT MIN({ts}) FROM samples WHERE id BETWEEN "
+                        f"messages.first_id AND messages.last_id), max_ts = (SELECT MAX({ts}) FROM samples WHERE "
                         "id BETWEEN messages.first_id AND messages.last_id) WHERE kind = 'readings' "
                         "AND (min_ts IS NULL OR max_ts IS NULL)")
             # A lost message row leaves its pending entry naming nothing.

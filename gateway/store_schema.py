@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = MetaData()
 
@@ -74,11 +74,22 @@ _READINGS_VIEW_V5 = (
 )
 # Schema 9: `hash` is the SHA-256 (hex) of the hash-chain link covering the row (gateway/chain.py), NULL for a
 # row stored before the chain. One seek on the chain's key per row, and only when the column is read.
-_READINGS_VIEW = _READINGS_VIEW_V5.replace(
+_READINGS_VIEW_V9 = _READINGS_VIEW_V5.replace(
     "NULL AS hash ",
     "(SELECT CASE WHEN c.last_id >= r.id THEN lower(hex(c.hash)) END FROM chain_links c WHERE c.chain = 1 "
     "AND c.first_id <= r.id ORDER BY c.first_id DESC LIMIT 1) AS hash ")
-assert _READINGS_VIEW != _READINGS_VIEW_V5
+assert _READINGS_VIEW_V9 != _READINGS_VIEW_V5
+# Schema 10 (issue 8, bytes on disk): in a readings message the first row stores its absolute time, which is the
+# message's `ts_base`, and every later row its offset from it: a poll's readings store 0 (no bytes) instead of
+# 6 bytes each. The first row keeps the rows readable without `messages` (store recover). A row of no such
+# message (stored before schema 10, or through this view) keeps its absolute time. `ts_ms` here is absolute.
+BASE_OF_ROW = ("(SELECT CASE WHEN m.first_id < {r}.id THEN m.ts_base END FROM messages m WHERE m.kind = 'readings' "
+               "AND m.last_id >= {r}.id ORDER BY m.last_id LIMIT 1)")
+# The absolute time of row `s` of readings message `m`, where a query has both.
+ABS_TS = "s.ts_ms + IIF(s.id > m.first_id, IFNULL(m.ts_base, 0), 0)"
+_READINGS_VIEW = _READINGS_VIEW_V9.replace(
+    "r.ts_ms AS ts_ms", f"r.ts_ms + IFNULL({BASE_OF_ROW.format(r='r')}, 0) AS ts_ms")
+assert _READINGS_VIEW != _READINGS_VIEW_V9
 _READINGS_INSERT = (
     "CREATE TRIGGER readings_insert INSTEAD OF INSERT ON readings BEGIN "
     "INSERT OR IGNORE INTO series (instrument, point, unit) VALUES (NEW.instrument, NEW.point, NEW.unit); "
@@ -118,6 +129,8 @@ messages = Table(
     # readings messages: the smallest and largest source time of their readings (schema 6, the time index)
     Column("min_ts", Integer, nullable=True),
     Column("max_ts", Integer, nullable=True),
+    # readings messages since schema 10: the first row's time; later rows store their offset from it. NULL: absolute
+    Column("ts_base", Integer, nullable=True),
     UniqueConstraint("stream", "seq"),
 )
 
@@ -278,6 +291,14 @@ MIGRATIONS: list[list[str]] = [
         # 8 -> 9: the `readings` view's `hash` column shows the hash of the chain link covering the row (it was
         # always NULL). Dropping the view drops its INSERT trigger: both are made again.
         "DROP VIEW IF EXISTS readings",
+        _READINGS_VIEW_V9,
+        _READINGS_INSERT,
+    ],
+    [
+        # 9 -> 10: readings messages committed from now on store their rows' times from `ts_base` (issue 8:
+        # bytes on disk). Older rows keep their absolute times (ts_base NULL): nothing is rewritten.
+        "ALTER TABLE messages ADD COLUMN ts_base INTEGER",
+        "DROP VIEW IF EXISTS readings",
         _READINGS_VIEW,
         _READINGS_INSERT,
     ],
@@ -288,4 +309,5 @@ MIGRATIONS: list[list[str]] = [
 MIGRATION_GUARDS: dict[int, str] = {
     3: "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'",
     4: "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pragma_table_info('messages') WHERE name = 'min_ts')",
+    8: "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pragma_table_info('messages') WHERE name = 'ts_base')",
 }

@@ -91,13 +91,15 @@ def check_store(path: str) -> list[str]:
                 raise ValueError(f"{name}: rows {expect}..{first - 1} have no link")
             n = last_id - first + 1
             if code == 1:
-                inst, seq, created, cfg = db.execute(
-                    "SELECT m.instrument, m.seq, m.created_ms, l.text FROM messages m JOIN labels l ON l.id = m.config "
-                    "WHERE m.kind = 'readings' AND m.first_id = ? AND m.last_id = ?", (first, last_id)).fetchone()
+                inst, seq, created, cfg, base = db.execute(
+                    "SELECT m.instrument, m.seq, m.created_ms, l.text, IFNULL(m.ts_base, 0) FROM messages m "
+                    "JOIN labels l ON l.id = m.config WHERE m.kind = 'readings' AND m.first_id = ? AND m.last_id = ?",
+                    (first, last_id)).fetchone()
                 header = readings_header(inst, seq, created, cfg, n)
-                got = [(*series[s], QUALITY[c & 3], (c >> 2) & 3, labels[c >> 4], ts, v)
-                       for s, ts, v, c in db.execute("SELECT series, ts_ms, value, code FROM samples "
-                                                     "WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
+                # Schema 10: rows after the message's first store their time as an offset from its ts_base.
+                got = [(*series[s], QUALITY[c & 3], (c >> 2) & 3, labels[c >> 4], ts + (base if i > first else 0), v)
+                       for i, s, ts, v, c in db.execute("SELECT id, series, ts_ms, value, code FROM samples "
+                                                        "WHERE id BETWEEN ? AND ? ORDER BY id", (first, last_id))]
                 if len(got) != n:
                     raise ValueError(f"{name}: link {first}..{last_id} has {len(got)} of its {n} rows")
                 rows = [readings_rows(got)]

@@ -16,8 +16,9 @@ parse(topic, payload) -> (points, [(meter, second), ...], [ts_ms, ...])
 Other topics (status, meta, events, aggregates, ...) count 0 points.
 
 Adapted from the shared harness's cg/cg_parser.py (issue 8): also reads the compact form
-(`output.encoder: json_compact`, schema carbon-gateway/readings-compact/1: a `points` table of
-[name, unit], parallel arrays p/t/v, timestamps as offsets from t0).
+(`output.encoder: json_compact`, schemas carbon-gateway/readings-compact/1 and /2: a `points` table of
+[name, unit], parallel arrays p/t/v, timestamps as offsets from t0; /2 leaves out p and t where the
+message's shape says them).
 """
 import json
 
@@ -31,11 +32,17 @@ def parse(topic, payload):
     obj = json.loads(payload)
     if "readings" in obj:
         readings = obj["readings"] or []
-    else:  # compact
+    else:  # compact, version 1 or 2 (2: p absent = round the points table in order; t absent = all at t0,
+        # or one offset per round; binary32 values in short form, which round() reads as well)
         names = [pt[0] for pt in obj.get("points") or []]
         t0 = obj.get("t0") or 0
-        readings = [{"point": names[k], "ts": t0 + dt, "value": v}
-                    for k, dt, v in zip(obj.get("p") or [], obj.get("t") or [], obj.get("v") or [], strict=False)]
+        vals = obj.get("v") or []
+        n, width = len(vals), max(len(names), 1)
+        p = obj.get("p") or [i % width for i in range(n)]
+        t = obj.get("t") or [0] * n
+        if len(t) != n:
+            t = [t[i // width] for i in range(n)]
+        readings = [{"point": names[k], "ts": t0 + dt, "value": v} for k, dt, v in zip(p, t, vals, strict=False)]
     points = 0
     polls = {}  # ts -> [second, meter]
     for r in readings:

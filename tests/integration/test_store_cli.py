@@ -207,3 +207,38 @@ def test_recover_never_leaves_a_readable_undelivered_reading_unsent(tmp_path: Pa
     assert undelivered & survivors <= sent_again
     assert seqs[0] == seqs[1]  # no seq used twice
     assert "messages: " in "\n".join(report.lines())
+
+
+def test_recover_gives_rows_of_lost_messages_their_absolute_time_or_drops_them_named(tmp_path: Path) -> None:
+    """Schema 10: a readings message's later rows store their time as an offset from its first row's. When
+    the `messages` rows are lost, recover writes each surviving row's absolute time from the first row of its
+    message; a row whose first row was lost too has no time left: dropped and counted, never given a wrong one."""
+    from gateway.model import Calibration, Quality, Reading
+    from gateway.store_check import recover
+
+    db, new = tmp_path / "gw.db", tmp_path / "new.db"
+    t0 = 1_795_000_000_000
+
+    def true_ts(i: int) -> int:
+        return t0 + 1000 * (i // 2) + 37 * (i % 3)
+
+    store = Store(db)
+    for lo in range(0, 6_000, 1_000):
+        store.commit([Reading("A" if (i // 7) % 2 else "B", f"p{i % 2}", true_ts(i), float(i), "V", Quality.GOOD, "",
+                              Calibration.VALID) for i in range(lo, lo + 1_000)], now_ms=1, per_message=7)
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM samples WHERE ts_ms < ?", (2**40,)).fetchone()[0] > 4_000
+    _garbage_over_leaf_pages(db, "messages", slice(None))  # every message row lost
+    for k in (3, 9, 15):  # and three pages of rows, each cutting some message after its first row
+        _garbage_over_leaf_pages(db, "samples", slice(k, k + 1))
+    report = recover(db, new)
+    with sqlite3.connect(new) as conn:
+        kept = conn.execute("SELECT ts_ms, value FROM readings").fetchall()
+        uncovered = conn.execute("SELECT COUNT(*) FROM samples s WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE "
+                                 "m.kind = 'readings' AND s.id BETWEEN m.first_id AND m.last_id)").fetchone()[0]
+    assert [ts for ts, _ in kept] == [true_ts(int(v)) for _, v in kept]  # every kept row: its true time
+    assert uncovered == 0  # each kept row is in a new message, to be sent
+    assert 0 < report.timeless_rows < 3 * 7  # at most a message's tail after each damaged page
+    assert report.timeless_rows + len(kept) == report.tables["readings"].copied
+    assert "rows dropped: their message was lost" in "\n".join(report.lines())

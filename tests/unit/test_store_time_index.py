@@ -1,5 +1,7 @@
 """Schema 6: time look-ups go through the coarse per-message index (no per-reading index); their
-results equal a plain scan of the `readings` view, and a schema 5 store migrates with its rows intact."""
+results equal a plain scan of the `readings` view, and a schema 5 store migrates with its rows intact.
+Schema 10: a readings message's later rows store their time from its first row's (`ts_base`); a schema 9
+store (absolute times everywhere) migrates without a row rewritten, and old and new rows read alike."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import random
 import sqlite3
 from pathlib import Path
 
+from gateway.chain_verify import verify
 from gateway.corrections import NEAREST, find_reading
+from gateway.export import export
 from gateway.model import Calibration, Quality, Reading
 from gateway.store import Store
-from gateway.store_schema import SCHEMA_VERSION
+from gateway.store_schema import _READINGS_INSERT, _READINGS_VIEW_V9, SCHEMA_VERSION
 
 T0 = 1_795_000_000_000
 
@@ -72,6 +76,67 @@ def _check(path: Path, store: Store) -> None:
             assert find_reading(path, inst, point, ts) == ((min(at), []) if at else (None, sorted(before + after)))
 
 
+def _as_schema_9(db: sqlite3.Connection) -> None:
+    """A store made now, put back in the schema 9 layout: every row's absolute time in `samples`, no
+    `messages.ts_base`, the schema 9 view."""
+    db.execute("UPDATE samples SET ts_ms = (SELECT r.ts_ms FROM readings r WHERE r.id = samples.id)")
+    db.execute("DROP VIEW readings")
+    db.execute("ALTER TABLE messages DROP COLUMN ts_base")
+    db.execute(_READINGS_VIEW_V9)
+    db.execute(_READINGS_INSERT)
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+
+
+def test_a_message_stores_its_later_rows_times_from_its_first_and_reads_back_every_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path, config_version="cfg")
+    rows = [Reading("A", p, T0 + dt, 1.0, "%vol", Quality.GOOD, "", Calibration.VALID)
+            for dt, p in ((0, "co2"), (0, "o2"), (-1500, "co2"), (2**33, "o2"), (0, "co2"))]
+    store.commit(rows, now_ms=1, per_message=3)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT first_id, ts_base FROM messages ORDER BY id").fetchall() == [(1, T0), (4, T0 + 2**33)]
+        # the first row of each message keeps its absolute time (readable without `messages`), the rest offsets
+        assert [r[0] for r in db.execute("SELECT ts_ms FROM samples ORDER BY id")] == [T0, 0, -1500, T0 + 2**33,
+                                                                                      -2**33]
+        assert [r[0] for r in db.execute("SELECT ts_ms FROM readings ORDER BY id")] == [r.ts_ms for r in rows]
+    assert [r.ts_ms for m in store.pending() for r in store.message_rows(m)] == [r.ts_ms for r in rows]
+    store.close()
+
+
+def test_a_version_9_store_migrates_untouched_and_reads_with_the_new_rows(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path, config_version="cfg9")
+    _fill(store, seed=13)
+    store.close()
+    with sqlite3.connect(path) as db:
+        _as_schema_9(db)
+        before = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
+        raw = db.execute("SELECT * FROM samples ORDER BY id").fetchall()
+    assert all(r[2] > T0 - 60_000 for r in raw)  # absolute times, as schema 9 stored them
+    store = Store(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert db.execute("SELECT * FROM samples ORDER BY id").fetchall() == raw  # nothing rewritten
+        assert db.execute("SELECT * FROM readings ORDER BY id").fetchall() == before
+        assert db.execute("SELECT COUNT(*) FROM messages WHERE ts_base IS NOT NULL").fetchone()[0] == 0
+    _fill(store, seed=14)  # new messages, offsets from their ts_base, beside the old ones
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM messages WHERE kind = 'readings' AND ts_base IS NULL"
+                          ).fetchone()[0] == len({r[0] for r in db.execute("SELECT id FROM messages")}) // 2
+        mixed = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
+    assert mixed[:len(before)] == before
+    _check(path, store)  # every time look-up equals a scan of the view, across old and new rows
+    pending = store.pending(limit=10_000)
+    assert [(r.id, r.ts_ms) for m in pending for r in store.message_rows(m)] == [(r[0], r[3]) for r in mixed]
+    store.close()
+    with sqlite3.connect(path) as db:
+        result = verify(db)
+        assert result.problem is None
+        assert result.reports
+        summary = export(db, tmp_path / "out", lo_ms=T0 - 60_000, hi_ms=T0 + 10**7, instruments=None, fmt="jsonl")
+    assert summary.files["readings.jsonl"] == len(mixed)
+
+
 def test_time_lookups_equal_a_scan_of_every_reading_without_a_per_reading_index(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = Store(path)
@@ -91,6 +156,7 @@ def test_a_version_5_store_migrates_to_the_coarse_time_index_with_every_row_inta
     _fill(store, seed=11)
     store.close()
     with sqlite3.connect(path) as db:  # back to the schema 5 layout: per-reading index, no message spans
+        _as_schema_9(db)
         db.execute("DROP INDEX messages_by_time")
         db.execute("ALTER TABLE messages DROP COLUMN min_ts")
         db.execute("ALTER TABLE messages DROP COLUMN max_ts")
