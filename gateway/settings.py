@@ -290,7 +290,7 @@ class SparkplugSettings(Strict):
 
 class OutputSettings(Strict):
     # The wire format of readings (docs/mqtt.md): `json` (carbon-gateway/readings/1, every field per
-    # reading) or `json_compact` (carbon-gateway/readings-compact/1: units and defaults once per message),
+    # reading) or `json_compact` (carbon-gateway/readings-compact/2: units and defaults once per message),
     # or `sparkplug` (Sparkplug B 3.0, docs/sparkplug.md; JSON beside it with sparkplug.json_topics).
     encoder: Literal["json", "json_compact", "sparkplug"] = "json"
     sparkplug: SparkplugSettings = SparkplugSettings()

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.encode_compact import expand
+from gateway.encode_compact import COMPACT_SCHEMAS, expand
 
 KINDS = ("readings", "events", "aggregates", "substitutes", "corrections", "carbon")
-READINGS = ("carbon-gateway/readings/1", "carbon-gateway/readings-compact/1")
+READINGS = ("carbon-gateway/readings/1", *COMPACT_SCHEMAS)
 
 # (point, ts_ms, value, unit, quality, reason, calibration)
 ReadingRow = tuple[str, int, float | None, str, str, str, str]
@@ -94,7 +94,7 @@ def decode(topic: str, payload: bytes) -> Batch | Status | Response:
         if last == "readings":
             if body.get("schema") not in READINGS:
                 raise BadMessage(f"unknown readings schema {body.get('schema')!r}")
-            items = expand(body) if body["schema"] == READINGS[1] else body["readings"]
+            items = expand(body) if body["schema"] in COMPACT_SCHEMAS else body["readings"]
             rows = [(r["point"], int(r["ts"]), None if r["value"] is None else float(r["value"]), r["unit"],
                      r["quality"], r["reason"], r["calibration"]) for r in items]
             return Batch(*head, rows)

@@ -40,11 +40,16 @@ def test_a_readings_payload_and_its_compact_form_decode_to_the_same_rows() -> No
     compact = {"schema": "carbon-gateway/readings-compact/1", "gateway": "g", "instrument": "I", "epoch": "e",
                "seq": 3, "t0": 5, "calibration": "valid", "points": [["p", "kW"], ["q", "%"]], "p": [0, 1],
                "t": [0, 1], "v": [1.5, None], "x": [[1, "bad", "timeout"]], "replay": "r1"}
+    # version 2: p and t left out where the shape says them, binary32 values in their short form
+    compact2 = {**compact, "schema": "carbon-gateway/readings-compact/2", "t": [0, 1], "f32": [0]}
+    del compact2["p"]
     a = decode("carbon/g/I/readings", json.dumps(full).encode())
     b = decode("carbon/g/I/readings", json.dumps(compact).encode())
+    c = decode("carbon/g/I/readings", json.dumps(compact2).encode())
     assert isinstance(a, Batch)
     assert isinstance(b, Batch)
-    assert a.rows == b.rows
+    assert isinstance(c, Batch)
+    assert a.rows == b.rows == c.rows
     assert (a.key, a.replay, b.replay) == (("g", "e", "I", "readings", 3), None, "r1")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,88 @@ def test_compact_expands_to_exactly_the_full_form(rows: list[Reading]) -> None:
     assert expand(compact) == full["readings"]
     assert {k: compact[k] for k in ("gateway", "instrument", "epoch", "seq")} == \
            {k: full[k] for k in ("gateway", "instrument", "epoch", "seq")}
+
+
+f32_st = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def polls_st(draw: st.DrawFn) -> list[Reading]:
+    """Messages shaped like a gateway's: polls of the same points in order (one time a poll, or a few late
+    readings), binary32 register values beside other numbers and nulls, now and then a point out of order."""
+    names = draw(st.lists(st.sampled_from(["co2", "o2", "flow", "v0", "active_energy_import_t1"]), min_size=1,
+                          max_size=5, unique=True))
+    units = {n: draw(st.sampled_from(["%vol", "kW", "1", "Wh"])) for n in names}
+    f32_point = {n: draw(st.booleans()) for n in names}
+    polls = draw(st.integers(1, 4))
+    t0 = draw(st.integers(1_700_000_000_000, 1_800_000_000_000))
+    rows = []
+    for k in range(polls):
+        t = t0 + 1000 * k
+        for n in names:
+            dt = draw(st.sampled_from([0, 0, 0, 0, 7]))
+            value = draw(st.one_of(st.none(), f32_st if f32_point[n] else st.floats(allow_nan=False,
+                                                                                    allow_infinity=False)))
+            quality = draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.BAD]))
+            rows.append(Reading("I", n, t + dt, value, units[n], quality, "" if quality == Quality.GOOD else "timeout",
+                                Calibration.VALID))
+    if draw(st.booleans()) and len(rows) > 1:
+        i = draw(st.integers(0, len(rows) - 2))
+        rows[i], rows[i + 1] = rows[i + 1], rows[i]
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(polls_st())
+def test_compact_v2_leaves_out_only_what_the_shape_says_and_expands_exactly(rows: list[Reading]) -> None:
+    out = Outgoing(7, "I", "readings", 3, 0, rows)
+    full = json.loads(JsonEncoder(CTX).message(out).payload)
+    payload = CompactJsonEncoder(CTX).message(out).payload
+    compact = json.loads(payload)
+    validator("readings-compact").validate(compact)
+    expanded = expand(compact)
+    assert expanded == full["readings"]
+    # exact, bit for bit (== would take -0.0 for 0.0)
+    assert [struct.pack("<d", r["value"]) if r["value"] is not None else None for r in expanded] == \
+           [struct.pack("<d", r.value) if r.value is not None else None for r in rows]
+    width = len(compact["points"])
+    assert ("p" in compact) == any(compact["points"][i % width] != [r.point, r.unit] for i, r in enumerate(rows))
+    assert ("t" in compact) == (len({r.ts_ms for r in rows}) > 1)
+    p = compact.get("p") or [i % width for i in range(len(rows))]
+    f32 = compact.get("f32", [])
+    listed = set(range(width)) if f32 is True else set(f32)
+    for k in range(width):  # a point is listed exactly when all its values are binary32
+        values = [r.value for i, r in enumerate(rows) if p[i] == k and r.value is not None]
+        assert (k in listed) == (bool(values) and all(is_f32(v) for v in values))
+    texts = payload[payload.rindex(b'"v":[') + 5:-2].decode().split(",")
+    for i, text in enumerate(texts):  # a binary32 value takes at most 9 significant digits
+        if p[i] in listed and text != "null":
+            assert len(text.lstrip("-").split("e")[0].replace(".", "").lstrip("0")) <= 9, text
+
+
+def is_f32(v: float) -> bool:
+    try:
+        return bool(struct.unpack("<f", struct.pack("<f", v))[0] == v)
+    except OverflowError:
+        return False
+
+
+def test_compact_v1_payloads_still_expand() -> None:
+    v1 = {"schema": "carbon-gateway/readings-compact/1", "gateway": "g", "instrument": "I", "epoch": "e", "seq": 1,
+          "t0": 100, "calibration": "valid", "points": [["co2", "%vol"], ["o2", "%vol"]], "p": [0, 1, 0],
+          "t": [0, 0, 1000], "v": [10.896906852722168, None, 12.5], "x": [[1, "bad", "timeout"]]}
+    validator("readings-compact-1").validate(v1)
+    assert [(r["point"], r["ts"], r["value"], r["quality"]) for r in expand(v1)] == [
+        ("co2", 100, 10.896906852722168, "good"), ("o2", 100, None, "bad"), ("co2", 1100, 12.5, "good")]
+
+
+def test_compact_is_at_most_40_bytes_a_reading_at_the_plants_20_a_message() -> None:
+    """Issue 8: 20 readings a message (a 20-point meter's poll, or two polls of a 10-point CEMS)."""
+    for rows in (poll_readings(1, points=20), poll_readings(2)):
+        out = Outgoing(1, "CEMS-01", "readings", 4711, 0, rows)
+        payload = CompactJsonEncoder(CTX).message(out).payload
+        assert len(payload) / 20 <= 40, payload
+        assert expand(json.loads(payload)) == json.loads(JsonEncoder(CTX).message(out).payload)["readings"]
 
 
 def test_compact_is_at_most_40_bytes_a_reading_for_a_typical_message() -> None:

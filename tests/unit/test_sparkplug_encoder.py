@@ -203,7 +203,7 @@ def test_json_topics_beside_sparkplug() -> None:
     assert [p.topic for p in births][-2:] == ["carbon/gw-1/status", "carbon/gw-1/CEMS-01/meta"]
     pub = enc.message(Outgoing(1, "CEMS-01", "readings", 5, 0, [reading("co2", 5, 1.0)]))
     assert [p.topic for p in parts(pub)] == ["spBv1.0/plant/DDATA/gw-1/CEMS-01", "carbon/gw-1/CEMS-01/readings"]
-    assert json.loads(parts(pub)[1].payload)["schema"] == "carbon-gateway/readings-compact/1"
+    assert json.loads(parts(pub)[1].payload)["schema"] == "carbon-gateway/readings-compact/2"
 
 
 def test_state_payloads() -> None:
