@@ -30,7 +30,7 @@ from gateway.protocols import PROTOCOLS
 from gateway.queue import ReadingQueue
 from gateway.registry import Config, few_collections
 from gateway.replay import attach as attach_replay
-from gateway.rules_stage import RulesStage, apply_estimates, checkpoint_limit, load_rules_async
+from gateway.rules_stage import RulesStage, apply_estimates, checkpoint_quota, load_rules_async
 from gateway.service import run_notifier
 from gateway.shutdown import stop_on_signals
 from gateway.store import Store
@@ -275,7 +275,7 @@ class Gateway:
         self.carbon = restore_carbon(self.config.derived, store, self.clock.wall_ms(), self.config.instruments)
         rules.defer_closes = True  # made CLOSE_SLICE per commit by take_closes() below
         reload.writer_ready(self, built_from)  # reloads up to that configuration are in this rules stage
-        cp_limit = checkpoint_limit(len(rules.points()), st.store.commit_interval_ms)
+        cp_at, cp_carry = loop.time(), 0.0  # checkpoints paced by time (checkpoint_quota)
         if overloaded:  # a restarted writer: its rules stage is new
             rules_hook(rules, "set_overloaded", True, self.clock.wall_ms())
         while True:
@@ -312,8 +312,11 @@ class Gateway:
                 derived += self.carbon.feed(derived, now)
             if readings or derived:  # the acks the forwarder gave the store go with this transaction
                 # The rules checkpoint goes with the readings it has seen: same transaction.
+                t = loop.time()
+                cp_n, cp_carry = checkpoint_quota(rules.n_points(), 1000 * (t - cp_at), cp_carry)
+                cp_at = t
                 created = store.commit(readings, now_ms=now, per_message=per_message, derived=derived,
-                                       rules_state=rules.checkpoint(cp_limit))
+                                       rules_state=rules.checkpoint(cp_n))
                 if created:
                     forwarder.notify()
             self._held = []

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import rules_stage
 from gateway.instruments import InstrumentSpec
@@ -147,3 +149,19 @@ def test_a_checkpoint_of_another_period_length_keeps_only_the_validity_state(spe
                                         Calibration.VALID)])
     # The old summary (5 readings) was dropped: the hour holds only the one reading fed after the restore.
     assert [(d.body["count"], d.body["valid_count"]) for d in derived if d.kind == "aggregates"] == [(1, 0)]
+
+
+@given(st.integers(0, 50_000), st.lists(st.integers(0, 5_000), max_size=300))
+def test_checkpoints_are_paced_by_time_whatever_the_commit_rate(n_points: int, gaps_ms: list[int]) -> None:
+    """Every point once per CHECKPOINT_EVERY_MS: over any commits, the quotas add up to the points the
+    elapsed time is worth (less than one point lost to rounding), never negative."""
+    from gateway.rules_stage import CHECKPOINT_EVERY_MS, checkpoint_quota
+
+    carry, total = 0.0, 0
+    for gap in gaps_ms:
+        n, carry = checkpoint_quota(n_points, gap, carry)
+        assert n >= 0
+        assert 0 <= carry < 1
+        total += n
+    due = n_points * sum(gaps_ms) / CHECKPOINT_EVERY_MS
+    assert due - 1 - 1e-6 <= total <= due + 1e-6
