@@ -137,7 +137,7 @@ class CompactJsonEncoder(JsonEncoder):
                     f32_at.append(i)
                 else:
                     texts[i] = _number(v)
-        for i, s in zip(f32_at, f32_texts([values[i] for i in f32_at]), strict=True):  # type: ignore[misc]
+        for i, s in zip(f32_at, f32_texts([values[i] for i in f32_at]), strict=True):
             texts[i] = s
         head = dumps(body)
         return head[:-1] + b',"v":[' + ",".join(texts).encode() + b"]}"
