@@ -170,7 +170,13 @@ def test_verify_is_ok_on_an_untouched_store_and_for_a_time_range(tmp_path: Path,
     ("UPDATE messages SET created_ms = created_ms + 1 WHERE id = 1",
      "readings chain: chain_links id 1: link: link 1..4 (message A/readings seq 1, rows 1..4): hash differs"),
     ("UPDATE samples SET code = code | 2 WHERE id = 3", "readings chain: samples id 3: edited"),
-], ids=["edited", "deleted", "inserted", "record-edited", "message-edited", "quality-edited"])
+    # schema 10: a later row stores its time as an offset from the message's ts_base; either edit shifts it
+    ("UPDATE samples SET ts_ms = ts_ms + 1 WHERE id = 6", "readings chain: samples id 6: edited: A p2 at "
+                                                          "2026-11-24T02:50:05.001Z"),
+    ("UPDATE messages SET ts_base = ts_base + 1000 WHERE id = 2", "readings chain: samples id 6: edited: A p2 at "
+                                                                  "2026-11-24T02:50:06.000Z"),
+], ids=["edited", "deleted", "inserted", "record-edited", "message-edited", "quality-edited", "time-edited",
+        "ts-base-edited"])
 def test_verify_names_the_row_tampered_with_the_sqlite3_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               sql: str, expected: str) -> None:
     path = tmp_path / "s.db"
