@@ -87,6 +87,15 @@ def _as_schema_9(db: sqlite3.Connection) -> None:
     db.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
 
 
+def _schema_9_store(path: Path, *, seed: int, config_version: str) -> None:
+    """A store filled by `_fill` and put back in the schema 9 layout (the starting point of older ones)."""
+    store = Store(path, config_version=config_version)
+    _fill(store, seed=seed)
+    store.close()
+    with sqlite3.connect(path) as db:
+        _as_schema_9(db)
+
+
 def test_a_message_stores_its_later_rows_times_from_its_first_and_reads_back_every_time(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = Store(path, config_version="cfg")
@@ -105,11 +114,8 @@ def test_a_message_stores_its_later_rows_times_from_its_first_and_reads_back_eve
 
 def test_a_version_9_store_migrates_untouched_and_reads_with_the_new_rows(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = Store(path, config_version="cfg9")
-    _fill(store, seed=13)
-    store.close()
+    _schema_9_store(path, seed=13, config_version="cfg9")
     with sqlite3.connect(path) as db:
-        _as_schema_9(db)
         before = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
         raw = db.execute("SELECT * FROM samples ORDER BY id").fetchall()
     assert all(r[2] > T0 - 60_000 for r in raw)  # absolute times, as schema 9 stored them
@@ -121,8 +127,9 @@ def test_a_version_9_store_migrates_untouched_and_reads_with_the_new_rows(tmp_pa
         assert db.execute("SELECT COUNT(*) FROM messages WHERE ts_base IS NOT NULL").fetchone()[0] == 0
     _fill(store, seed=14)  # new messages, offsets from their ts_base, beside the old ones
     with sqlite3.connect(path) as db:
+        # the two fills made as many messages each: the old half without ts_base
         assert db.execute("SELECT COUNT(*) FROM messages WHERE kind = 'readings' AND ts_base IS NULL"
-                          ).fetchone()[0] == len({r[0] for r in db.execute("SELECT id FROM messages")}) // 2
+                          ).fetchone()[0] * 2 == db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         mixed = db.execute("SELECT * FROM readings ORDER BY id").fetchall()
     assert mixed[:len(before)] == before
     _check(path, store)  # every time look-up equals a scan of the view, across old and new rows
@@ -152,11 +159,8 @@ def test_time_lookups_equal_a_scan_of_every_reading_without_a_per_reading_index(
 
 def test_a_version_5_store_migrates_to_the_coarse_time_index_with_every_row_intact(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = Store(path, config_version="cfg5")
-    _fill(store, seed=11)
-    store.close()
+    _schema_9_store(path, seed=11, config_version="cfg5")
     with sqlite3.connect(path) as db:  # back to the schema 5 layout: per-reading index, no message spans
-        _as_schema_9(db)
         db.execute("DROP INDEX messages_by_time")
         db.execute("ALTER TABLE messages DROP COLUMN min_ts")
         db.execute("ALTER TABLE messages DROP COLUMN max_ts")
