@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.store_read import open_readonly
+from gateway.store_schema import ABS_TS_OF_MESSAGE
 
 QUALITY = {0: "good", 1: "uncertain", 2: "bad", 3: "bad"}
 CALIBRATION = {0: "valid", 1: "due_soon", 2: "expired", 3: "unknown"}
@@ -137,7 +138,7 @@ def last_readings(db: sqlite3.Connection, instrument: str, points: set[str], ser
             "SELECT first_id, last_id, IFNULL(ts_base, 0) FROM messages WHERE kind = 'readings' AND instrument = ? "
             "ORDER BY max_ts DESC LIMIT ?", (instrument, LOOKBACK_MESSAGES)).fetchall():
         for sid, ts, value, code in db.execute(
-                "SELECT series, ts_ms + IIF(id > ?2, ?1, 0), value, code FROM samples WHERE id BETWEEN ?2 AND ?3 "
+                f"SELECT series, {ABS_TS_OF_MESSAGE}, value, code FROM samples WHERE id BETWEEN ?2 AND ?3 "
                 "ORDER BY id DESC", (base, first, last)):
             _i, point, unit = series.get(sid, ("", "?", ""))
             if newest is None or ts > newest["ts"]:

@@ -39,6 +39,7 @@ from gateway.errors import StoreError
 from gateway.model import Calibration, Derived, Message, Quality, Reading, StoredReading
 from gateway.store_schema import (
     ABS_TS,
+    ABS_TS_OF_MESSAGE,
     CALIBRATION_CODES,
     MIGRATION_GUARDS,
     MIGRATIONS,
@@ -1055,7 +1056,7 @@ def nearest_ts(db: sqlite3.Connection, sids: Sequence[int], instrument: str, ts_
         return []
     marks = ",".join("?" * len(sids))
     # ?1 the message's ts_base (0 before schema 10), ?2/?3 its first and last id (its first row is absolute)
-    ts = "ts_ms + IIF(id > ?2, ?1, 0)"
+    ts = ABS_TS_OF_MESSAGE
     in_span = f"SELECT DISTINCT {ts} FROM samples WHERE id BETWEEN ?2 AND ?3 AND series IN ({marks}) AND {ts} "
     before: set[int] = set()
     # Newest span first; a message can add nothing once n times found are at or above its newest time.
@@ -1096,8 +1097,8 @@ def last_readings(db: sqlite3.Connection, points: Iterable[tuple[str, str]],
             if floor is not None and max_ts is not None and floor >= max_ts:
                 break  # this message and every later one are no newer than what was found
             for sid, newest, newest_good in db.execute(
-                    "SELECT series, MAX(ts_ms + IIF(id > ?2, ?1, 0)), MAX(CASE WHEN code & 3 = 0 AND value IS NOT NULL "
-                    "THEN ts_ms + IIF(id > ?2, ?1, 0) END) FROM samples WHERE id BETWEEN ?2 AND ?3 GROUP BY series",
+                    f"SELECT series, MAX({ABS_TS_OF_MESSAGE}), MAX(CASE WHEN code & 3 = 0 AND value IS NOT NULL "
+                    f"THEN {ABS_TS_OF_MESSAGE} END) FROM samples WHERE id BETWEEN ?2 AND ?3 GROUP BY series",
                     (base, first, last_id)):
                 point = sid_point.get(sid)
                 if point is None:

@@ -87,6 +87,9 @@ BASE_OF_ROW = ("(SELECT CASE WHEN m.first_id < {r}.id THEN m.ts_base END FROM me
                "AND m.last_id >= {r}.id ORDER BY m.last_id LIMIT 1)")
 # The absolute time of row `s` of readings message `m`, where a query has both.
 ABS_TS = "s.ts_ms + IIF(s.id > m.first_id, IFNULL(m.ts_base, 0), 0)"
+# The same for a query on `samples` alone over one message's rows, given parameter ?1 its ts_base (0 before
+# schema 10) and ?2 its first id.
+ABS_TS_OF_MESSAGE = "ts_ms + IIF(id > ?2, ?1, 0)"
 _READINGS_VIEW = _READINGS_VIEW_V9.replace(
     "r.ts_ms AS ts_ms", f"r.ts_ms + IFNULL({BASE_OF_ROW.format(r='r')}, 0) AS ts_ms")
 assert _READINGS_VIEW != _READINGS_VIEW_V9
