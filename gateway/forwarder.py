@@ -320,19 +320,25 @@ class Forwarder:
                 raise
             slice_s = self.send_slice_s
             yield_at = time.monotonic() + slice_s
-            for i, out in enumerate(batch):
-                if time.monotonic() >= yield_at:
-                    # A window of large messages (a period close's records) is encoded in slices, so the
-                    # pollers' timers are not held behind it (issue 8: the longest loop stall).
-                    await asyncio.sleep(0)
-                    yield_at = time.monotonic() + slice_s
-                    if not self.stats.connected or self._state == "offline":
-                        self.store.release([o.id for o in batch[i:]])  # offered again after the reconnect
-                        break
-                if not self._send(self.encoder.message(out), out.id):
-                    self.store.release([out.id], delay_s=self.settings.reconnect_min_s)
-                    continue
-                self.stats.published += 1
+            transport = self.transport
+            transport.hold(True)  # the window goes out together when it is queued (or at each slice)
+            try:
+                for i, out in enumerate(batch):
+                    if time.monotonic() >= yield_at:
+                        # A window of large messages (a period close's records) is encoded in slices, so the
+                        # pollers' timers are not held behind it (issue 8: the longest loop stall).
+                        transport.flush()
+                        await asyncio.sleep(0)
+                        yield_at = time.monotonic() + slice_s
+                        if not self.stats.connected or self._state == "offline":
+                            self.store.release([o.id for o in batch[i:]])  # offered again after the reconnect
+                            break
+                    if not self._send(self.encoder.message(out), out.id):
+                        self.store.release([out.id], delay_s=self.settings.reconnect_min_s)
+                        continue
+                    self.stats.published += 1
+            finally:
+                transport.hold(False)
 
     def store_failed(self, err: BaseException) -> None:
         """The store writer failed (the process is stopping): say so on the status topic before going offline."""

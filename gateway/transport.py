@@ -61,6 +61,14 @@ class Transport(Protocol):
 
     def alive(self) -> bool: ...
 
+    def hold(self, on: bool) -> None:
+        """While on, publish() queues without sending at once; turning it off (or flush()) sends the lot."""
+        ...
+
+    def flush(self) -> None:
+        """Send what publish() queued while held."""
+        ...
+
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) on the current connection; called again after every (re)connect."""
         ...
@@ -77,6 +85,7 @@ class Transport(Protocol):
 # largest part of paho's cost per message).
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+WRITE_BLOCK = 65_536  # bytes of queued packets written with one `send` at most
 
 
 class _PahoClient(mqtt.Client):
@@ -87,10 +96,14 @@ class _PahoClient(mqtt.Client):
     - a successful two-byte PUBACK skips paho's generic decoding (same mid, same reason, same callback);
     - paho's scan for queued messages after each PUBACK is skipped when nothing is queued (the forwarder
       keeps its window at or under paho's, so normally nothing is);
-    - the socket is read in blocks, not three `recv` calls per PUBACK (header, length, mid).
+    - the socket is read in blocks, not three `recv` calls per PUBACK (header, length, mid);
+    - a burst of publishes (``hold_wake``, set by `MqttTransport.burst`) wakes the network thread once, not
+      once per message, and it writes queued PUBLISH packets in blocks of up to `WRITE_BLOCK` bytes, one
+      `send` each, not one `send` per packet.
     """
 
     on_thread_death: Any = None
+    hold_wake = False  # set on the event loop thread during a burst of publishes (MqttTransport.burst)
     _rbuf: bytes = b""
     _rpos: int = 0
     _rsock: Any = None
@@ -132,6 +145,87 @@ class _PahoClient(mqtt.Client):
             return data
         self._rbuf, self._rpos, self._rsock = data, bufsize, self._sock
         return data[:bufsize]
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        if not self.hold_wake or self._thread is None:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        # paho's own, less the byte that wakes the network thread for each packet: wake() sends one for the
+        # burst. A packet the network thread queues itself meanwhile needs none: it writes before it waits.
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+                                 "packet": packet, "info": info})
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def wake(self) -> None:
+        """Wake the network thread to write what a burst queued (paho's own wake-up byte)."""
+        w = self._sockpairW
+        if w is not None:
+            try:
+                w.send(mqtt.sockpair_data)
+            except OSError:  # full (a wake-up is pending anyway), or closed by a reconnect that writes anyway
+                pass
+
+    def _packet_write(self) -> MQTTErrorCode:
+        # Queued packets go out in as few `send` calls as the socket takes; a DISCONNECT (paho closes the socket
+        # after it) takes paho's path. The event loop thread may append meanwhile: only popleft, appendleft and
+        # extendleft here, so the order holds.
+        out = self._out_packet
+        while True:
+            batch: list[Any] = []
+            size = 0
+            while size < WRITE_BLOCK:
+                try:
+                    p = out.popleft()
+                except IndexError:
+                    break
+                if p["command"] & 0xF0 == mqtt.DISCONNECT:
+                    out.appendleft(p)
+                    break
+                batch.append(p)
+                size += p["to_process"]
+            if not batch:  # nothing queued, or a DISCONNECT first
+                return super()._packet_write()
+            try:
+                sent = self._sock_send(b"".join([p["packet"][p["pos"]:] for p in batch]) if len(batch) > 1
+                                       else batch[0]["packet"][batch[0]["pos"]:])
+            except (AttributeError, ValueError):
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            except BlockingIOError:
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                out.extendleft(reversed(batch))
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            for i, p in enumerate(batch):
+                if sent < p["to_process"]:  # cut short: this one (what is left of it) and the rest go back
+                    p["pos"] += sent
+                    p["to_process"] -= sent
+                    out.extendleft(reversed(batch[i:]))
+                    break
+                sent -= p["to_process"]
+                p["pos"] += p["to_process"]
+                p["to_process"] = 0
+                if p["command"] & 0xF0 == mqtt.PUBLISH and p["qos"] == 0:
+                    self._published_qos0(p)
+            with self._msgtime_mutex:
+                self._last_msg_out = mqtt.time_func()
+
+    def _published_qos0(self, packet: Any) -> None:
+        """What paho's _packet_write does once a QoS 0 PUBLISH is written: on_publish, then the info's flag."""
+        with self._callback_mutex:
+            on_publish = self.on_publish
+        if on_publish:
+            with self._in_callback_mutex:
+                try:
+                    on_publish(self, self._userdata, packet["mid"], ReasonCode(PacketTypes.PUBACK),
+                               Properties(PacketTypes.PUBACK))
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        packet["info"]._set_as_published()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         # paho reads at most max_packets, then waits for the socket to be readable again: bytes already in
@@ -229,6 +323,18 @@ class MqttTransport:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             return None
         return int(info.mid)
+
+    def hold(self, on: bool) -> None:
+        # A window of messages: one wake-up of paho's thread and a few `send` calls, not one each (issue 8).
+        client = self._client
+        if client is not None:
+            client.hold_wake = on
+            if not on:
+                client.wake()
+
+    def flush(self) -> None:
+        if self._client is not None:
+            self._client.wake()
 
     def subscribe(self, topics: list[str]) -> None:
         if self._client is not None and topics:
