@@ -10,6 +10,7 @@ gone it recovers. Its gap is the gateway's (`gateway_down`), never `communicatio
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sqlite3
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.app import RUN_GC_THRESHOLD, Gateway
 from gateway.registry import load_config
 from simulators.broker import PrivateBroker
 from simulators.runner import build_servers
@@ -101,3 +102,26 @@ async def test_failed_poller_shows_failed_restarts_and_recovers(
     assert "gateway_fault" in reasons
     assert bodies, "the dead task's silence opens a gap"
     assert {b["cause"] for b in bodies} == {"gateway_down"}
+
+
+async def test_a_running_gateway_collects_garbage_less_often_and_puts_the_collector_back(
+        tmp_path: Path, ports: tuple[int, int, int], broker: PrivateBroker, recorder: Recorder) -> None:
+    # Issue 8: CPython's default thresholds cost ~9 % of the CPU at plant load; a gateway run inside a longer
+    # process (these tests) leaves the collector as it found it.
+    cfg = load_config(write_config(tmp_path / "cfg", three_meters(ports), url=broker.url, store=tmp_path / "gw.db"))
+    servers = build_servers(cfg)
+    for server, _ in servers.values():
+        await server.start()
+    before = gc.get_threshold()
+    assert before != RUN_GC_THRESHOLD
+    run = asyncio.create_task(Gateway(cfg).run())
+    try:
+        assert await wait_until(lambda: any(b.get("instruments", {}).get("FT-01", {}).get("polls", 0) > 2
+                                            for b in recorder.by_topic_suffix("/status")), 20)
+        assert gc.get_threshold() == RUN_GC_THRESHOLD
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        for server, _ in servers.values():
+            await server.stop()
+    assert gc.get_threshold() == before
