@@ -97,13 +97,13 @@ class _PahoClient(mqtt.Client):
     - paho's scan for queued messages after each PUBACK is skipped when nothing is queued (the forwarder
       keeps its window at or under paho's, so normally nothing is);
     - the socket is read in blocks, not three `recv` calls per PUBACK (header, length, mid);
-    - a burst of publishes (``hold_wake``, set by `MqttTransport.burst`) wakes the network thread once, not
+    - a burst of publishes (``hold_wake``, set by `MqttTransport.hold`) wakes the network thread once, not
       once per message, and it writes queued PUBLISH packets in blocks of up to `WRITE_BLOCK` bytes, one
       `send` each, not one `send` per packet.
     """
 
     on_thread_death: Any = None
-    hold_wake = False  # set on the event loop thread during a burst of publishes (MqttTransport.burst)
+    hold_wake = False  # set on the event loop thread during a burst of publishes (MqttTransport.hold)
     _rbuf: bytes = b""
     _rpos: int = 0
     _rsock: Any = None
@@ -225,7 +225,8 @@ class _PahoClient(mqtt.Client):
                     self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
                     if not self.suppress_exceptions:
                         raise
-        packet["info"]._set_as_published()
+        if packet["info"] is not None:
+            packet["info"]._set_as_published()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         # paho reads at most max_packets, then waits for the socket to be readable again: bytes already in
