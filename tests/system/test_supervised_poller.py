@@ -5,6 +5,8 @@ instrument's device object raises on use (what `scale: 0` did at run time): its 
 task fails. The status topic must show that instrument `failed` (never `ok` with 0 polls) and the
 supervisor's component `failed` with the error; the task restarts with backoff; once the fault is
 gone it recovers. Its gap is the gateway's (`gateway_down`), never `communication_loss`.
+
+Also the run's garbage-collector thresholds (issue 8): set while a gateway runs, put back after.
 """
 
 from __future__ import annotations
